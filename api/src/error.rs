@@ -1,0 +1,95 @@
+//! `ApiError`: every failure an answer can report, and its mapping to Cloudreve's codes and HTTP status.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+use crate::{correlation, envelope::Envelope};
+
+/// A failed request. Business errors are HTTP 200 with a code, as Cloudreve answers them.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 40001: the body is not a JSON object of the expected shape.
+    #[error("Parameter error")]
+    Parameter(String),
+    /// 40001: no email was given.
+    #[error("Email cannot be empty")]
+    EmailEmpty,
+    /// 40001: the email is not an address.
+    #[error("Email format error")]
+    EmailFormat,
+    /// 40001, HTTP 413: the body is over the limit.
+    #[error("Request body is too large")]
+    BodyTooLarge,
+    /// 40028, HTTP 503: the job could not be queued (the broker is unreachable or did not confirm).
+    #[error("Failed to send reset email, please try again later")]
+    QueueUnavailable(String),
+    /// HTTP 404: no such route.
+    #[error("Not found")]
+    NotFound,
+    /// HTTP 405: the route exists with another method.
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    /// 50005: a bug or an unexpected failure.
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Cloudreve's error code.
+    pub fn code(&self) -> i32 {
+        match self {
+            Self::Parameter(_) | Self::EmailEmpty | Self::EmailFormat | Self::BodyTooLarge => 40001,
+            Self::QueueUnavailable(_) => 40028,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Internal(_) => 50005,
+        }
+    }
+
+    /// The HTTP status: 200 for business errors, honest statuses for what proxies must see.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Parameter(_) | Self::EmailEmpty | Self::EmailFormat => StatusCode::OK,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn detail(&self) -> Option<&str> {
+        match self {
+            Self::Parameter(detail) | Self::QueueUnavailable(detail) | Self::Internal(detail) => {
+                Some(detail)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // Logged once, here, where the failure becomes an answer.
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), error = self.detail(), "request failed");
+        } else {
+            tracing::info!(code = self.code(), error = self.detail(), "request refused");
+        }
+        let body = Envelope::<()> {
+            code: self.code(),
+            msg: self.to_string(),
+            data: None,
+            error: self
+                .detail()
+                .filter(|_| correlation::debug_enabled())
+                .map(str::to_owned),
+            correlation_id: correlation::current(),
+        };
+        (status, Json(body)).into_response()
+    }
+}

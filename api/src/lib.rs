@@ -1,0 +1,96 @@
+//! resetmail-api: checks a password reset request (captcha, email) and queues a job for the worker,
+//! answering at once with Cloudreve's envelope.
+
+pub mod commands;
+pub mod config;
+pub mod correlation;
+pub mod envelope;
+pub mod error;
+pub mod extract;
+pub mod publisher;
+pub mod routes;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::StatusCode,
+    middleware,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::ApiConfig, error::ApiError, publisher::Publisher};
+
+/// What every request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The api's configuration.
+    pub config: Arc<ApiConfig>,
+    /// The database (readiness now; captcha tickets and redeeming later).
+    pub pool: PgPool,
+    /// Queues jobs.
+    pub publisher: Publisher,
+}
+
+/// The full router: api routes under the base path, health routes at the root.
+pub fn router(state: AppState) -> Router {
+    let base = state.config.base_path.trim_end_matches('/').to_owned();
+    let api = Router::new().route("/user/reset", post(routes::reset::send_reset));
+    let api = if base.is_empty() {
+        api
+    } else {
+        Router::new().nest(&base, api)
+    };
+    api.route("/healthz", get(routes::health::get_healthz))
+        .route("/readyz", get(routes::health::get_readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config::BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            correlation::correlate,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    (StatusCode::METHOD_NOT_ALLOWED, ApiError::MethodNotAllowed)
+}
+
+/// Serves `state` on `listener` until `shutdown` fires, then finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("the HTTP server failed")
+}
+
+/// Runs the api as configured: database (created and migrated), broker publisher, HTTP server.
+pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = resetmail_shared::db::connect(&config.database).await?;
+    let publisher = Publisher::start(&config.broker, config.publish_timeout, shutdown.clone());
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    tracing::info!(http.addr = %config.http_addr, base_path = %config.base_path, "resetmail-api listening");
+    let state = AppState {
+        config: Arc::new(config),
+        pool,
+        publisher,
+    };
+    serve(listener, state, shutdown).await
+}

@@ -1,0 +1,198 @@
+//! Publishing jobs: one broker connection and one confirm-mode channel shared by all requests, kept
+//! open by a supervisor that reconnects with backoff. A publish succeeds only on the broker's confirm.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use futures_util::StreamExt as _;
+use lapin::{
+    BasicProperties, Channel, Connection, Event,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+use resetmail_shared::{
+    Job,
+    amqp::{self, Backoff},
+    config::BrokerConfig,
+    topology::Topology,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Why a job was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// There is no open broker connection right now.
+    #[error("the broker is unreachable")]
+    Unavailable,
+    /// The broker failed the publish.
+    #[error("the broker failed the publish: {0}")]
+    Broker(#[from] lapin::Error),
+    /// No confirm within the timeout.
+    #[error("the broker did not confirm within {0:?}")]
+    Timeout(Duration),
+    /// The broker refused the message.
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    /// No queue took the message.
+    #[error("the message was unroutable: {0}")]
+    Returned(String),
+}
+
+/// A handle to the shared publishing channel; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    topology: Topology,
+    confirm_timeout: Duration,
+    channel: RwLock<Option<Channel>>,
+    /// Wakes the supervisor to check the connection after a failed publish.
+    suspect: Notify,
+}
+
+impl Publisher {
+    /// Starts the supervisor that connects (and reconnects) to the broker; it stops on `shutdown`.
+    /// Returns at once: until the first connection succeeds, publishes fail with `Unavailable`.
+    pub fn start(
+        config: &BrokerConfig,
+        confirm_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let publisher = Self {
+            inner: Arc::new(Inner {
+                topology: Topology::new(config),
+                confirm_timeout,
+                channel: RwLock::new(None),
+                suspect: Notify::new(),
+            }),
+        };
+        tokio::spawn(publisher.clone().supervise(config.url.clone(), shutdown));
+        publisher
+    }
+
+    /// Whether a confirm-mode channel is open now.
+    pub fn is_connected(&self) -> bool {
+        self.current()
+            .is_some_and(|channel| channel.status().connected())
+    }
+
+    /// Publishes `job` (persistent, mandatory) and waits for the broker's confirm.
+    pub async fn publish(&self, job: &Job) -> Result<(), PublishError> {
+        let channel = self.current().ok_or(PublishError::Unavailable)?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(job.job_id().to_string().into())
+            .with_correlation_id(job.correlation_id().to_string().into())
+            .with_type("password_reset".into());
+        let confirm = async {
+            channel
+                .basic_publish(
+                    "".into(),
+                    self.inner.topology.work_queue().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &job.encode(),
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let result = match tokio::time::timeout(self.inner.confirm_timeout, confirm).await {
+            Err(_) => Err(PublishError::Timeout(self.inner.confirm_timeout)),
+            Ok(Err(error)) => Err(PublishError::Broker(error)),
+            Ok(Ok(confirmation)) if confirmation.is_nack() => Err(PublishError::Nacked),
+            Ok(Ok(confirmation)) => match confirmation.take_message() {
+                Some(returned) => Err(PublishError::Returned(returned.reply_text.to_string())),
+                None => Ok(()),
+            },
+        };
+        if result.is_err() {
+            self.inner.suspect.notify_one();
+        }
+        result
+    }
+
+    fn current(&self) -> Option<Channel> {
+        self.inner
+            .channel
+            .read()
+            .ok()
+            .and_then(|guard| guard.clone())
+    }
+
+    fn set_current(&self, channel: Option<Channel>) {
+        if let Ok(mut guard) = self.inner.channel.write() {
+            *guard = channel;
+        }
+    }
+
+    async fn supervise(self, url: String, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.open(&url).await {
+                Ok((connection, channel)) => {
+                    tracing::info!("connected to the broker");
+                    backoff.reset();
+                    self.set_current(Some(channel.clone()));
+                    let lost = self.watch(&connection, &channel, &shutdown).await;
+                    self.set_current(None);
+                    // Closing a connection that is already gone fails; nothing more to do then.
+                    let _ = connection.close(200, "closing".into()).await;
+                    if !lost {
+                        return;
+                    }
+                    tracing::warn!("lost the broker connection; reconnecting");
+                }
+                Err(error) => tracing::warn!(%error, "cannot open the broker connection"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    async fn open(&self, url: &str) -> anyhow::Result<(Connection, Channel)> {
+        let connection = amqp::connect(url, "resetmail-api").await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.inner.topology.declare(&channel).await?;
+        Ok((connection, channel))
+    }
+
+    /// Waits until the connection or channel is lost (true) or shutdown is asked (false).
+    async fn watch(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut events = connection.events_listener();
+        loop {
+            if !connection.status().connected() || !channel.status().connected() {
+                return true;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                event = events.next() => match event {
+                    Some(Event::Error(error)) => {
+                        tracing::warn!(%error, "broker connection error");
+                        return true;
+                    }
+                    Some(_) => {}
+                    None => return true,
+                },
+                () = self.inner.suspect.notified() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Connecting to RabbitMQ: one place that names the connection and bounds the wait.
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+
+/// How long a connection attempt may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the broker could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The broker refused or dropped the connection.
+    #[error("cannot connect to the broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// No answer within [`CONNECT_TIMEOUT`].
+    #[error("cannot connect to the broker: no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Opens a connection named `name` (shown in the RabbitMQ UI) to `url`.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
+        .await
+        .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
+        .map_err(ConnectError::Broker)
+}
+
+/// Backoff between reconnection attempts: doubles from 100 ms to at most 5 s.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    /// The delay to wait now; the following one will be longer.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    /// Back to the shortest delay, after a success.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}

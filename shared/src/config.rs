@@ -1,0 +1,146 @@
+//! Configuration both binaries read from the environment (or flags), with the defaults of DESIGN.md §5.
+
+use std::time::Duration;
+
+/// Where the database is and how many connections to keep.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL; the database is created if it is missing.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/resetmail",
+        hide_env_values = true
+    )]
+    pub url: String,
+    /// Connections in the pool.
+    #[arg(
+        long = "db-pool-size",
+        env = "RESETMAIL_DB_POOL_SIZE",
+        default_value_t = 10
+    )]
+    pub pool_size: u32,
+}
+
+/// Where the broker is and how the queues are named.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BrokerConfig {
+    /// RabbitMQ URL.
+    #[arg(
+        long = "amqp-url",
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub url: String,
+    /// Prefix of every queue and exchange name.
+    #[arg(
+        long = "queue-prefix",
+        env = "RESETMAIL_QUEUE_PREFIX",
+        default_value = "resetmail"
+    )]
+    pub queue_prefix: String,
+    /// Type of the work queue (`classic` or `quorum`); it cannot change once the queue exists.
+    #[arg(long = "queue-type", env = "RESETMAIL_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
+}
+
+/// RabbitMQ queue type of the work queue.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueType {
+    /// Classic durable queue.
+    Classic,
+    /// Replicated quorum queue, with a delivery limit.
+    Quorum,
+}
+
+/// How log lines are written.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LogConfig {
+    /// `pretty` for people, `json` for log collectors. Levels come from `RUST_LOG` (default `info`).
+    #[arg(long = "log-format", env = "RESETMAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, coloured when the output is a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A duration as operators write it: `500ms`, `90s`, `5m`, `1h`, `30d`, or a sum such as `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration; write e.g. 90s, 5m, 1h, 30d".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "`{text}`: expected a number; write e.g. 90s, 5m, 1h, 30d"
+            ));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{text}`: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds_per_unit = match &rest[..unit_len] {
+            "ms" => {
+                total += Duration::from_millis(number);
+                rest = &rest[unit_len..];
+                continue;
+            }
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "" => return Err(format!("`{text}`: missing unit (ms, s, m, h or d)")),
+            unit => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{unit}` (ms, s, m, h or d)"
+                ));
+            }
+        };
+        let seconds = number
+            .checked_mul(seconds_per_unit)
+            .ok_or_else(|| format!("`{text}`: duration too large"))?;
+        total = total
+            .checked_add(Duration::from_secs(seconds))
+            .ok_or_else(|| format!("`{text}`: duration too large"))?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_operators_write_them() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn malformed_durations_are_refused_with_a_reason() {
+        for bad in ["", "10", "s", "5x", "-5s", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

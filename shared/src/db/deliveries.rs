@@ -1,0 +1,225 @@
+//! The delivery table: one row per job, the operator's record of what happened to every request,
+//! and the worker's idempotency key.
+
+use std::{fmt, str::FromStr};
+
+use sqlx::PgExecutor;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::PasswordResetJob;
+
+/// What became of a job. Every value but `Pending` is final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not decided yet (being worked on, or waiting for a retry).
+    Pending,
+    /// The email was accepted by the mail server.
+    Sent,
+    /// No account has this address.
+    UnknownAccount,
+    /// The account is banned.
+    Banned,
+    /// The account is not activated.
+    Inactive,
+    /// The job waited longer than its maximum age.
+    Expired,
+    /// The account had too many emails recently.
+    Throttled,
+    /// The email could not be delivered and will not be retried.
+    Failed,
+}
+
+impl Outcome {
+    /// The value stored in `deliveries.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::UnknownAccount => "unknown_account",
+            Self::Banned => "banned",
+            Self::Inactive => "inactive",
+            Self::Expired => "expired",
+            Self::Throttled => "throttled",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether the job is decided for good.
+    pub fn is_final(self) -> bool {
+        self != Self::Pending
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        [
+            Self::Pending,
+            Self::Sent,
+            Self::UnknownAccount,
+            Self::Banned,
+            Self::Inactive,
+            Self::Expired,
+            Self::Throttled,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|outcome| outcome.as_str() == value)
+        .ok_or_else(|| format!("unknown delivery outcome `{value}`"))
+    }
+}
+
+/// The state of a job's row once the worker holds it.
+#[derive(Clone, Copy, Debug)]
+pub struct Claim {
+    /// Its outcome so far; final means the job was handled before.
+    pub outcome: Outcome,
+    /// Attempts so far, this one included when the job is still pending.
+    pub attempts: i32,
+}
+
+/// Records the job if it is new, counts this attempt if it is still pending, and locks its row until
+/// the transaction ends: a second delivery of the same job waits here, then finds it decided.
+pub async fn claim(executor: impl PgExecutor<'_>, job: &PasswordResetJob) -> sqlx::Result<Claim> {
+    let (outcome, attempts): (String, i32) = sqlx::query_as(
+        "INSERT INTO deliveries
+             (job_id, correlation_id, email, requested_at, attempts, first_attempt_at, last_attempt_at)
+         VALUES ($1, $2, $3, $4, 1, now(), now())
+         ON CONFLICT (job_id) DO UPDATE SET
+             attempts = deliveries.attempts + (deliveries.outcome = 'pending')::int,
+             first_attempt_at = coalesce(deliveries.first_attempt_at, now()),
+             last_attempt_at = CASE WHEN deliveries.outcome = 'pending' THEN now()
+                                    ELSE deliveries.last_attempt_at END,
+             updated_at = now()
+         RETURNING outcome, attempts",
+    )
+    .bind(job.job_id)
+    .bind(job.correlation_id)
+    .bind(job.email.as_str())
+    .bind(job.requested_at)
+    .fetch_one(executor)
+    .await?;
+    let outcome = outcome
+        .parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+    Ok(Claim { outcome, attempts })
+}
+
+/// Sets a final outcome that sent nothing (unknown account, banned, expired, ...).
+pub async fn decide(
+    executor: impl PgExecutor<'_>,
+    job_id: Uuid,
+    user_id: Option<i64>,
+    outcome: Outcome,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE deliveries SET outcome = $2, user_id = $3, updated_at = now() WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .bind(outcome.as_str())
+    .bind(user_id)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Records that the mail server accepted the email.
+pub async fn mark_sent(
+    executor: impl PgExecutor<'_>,
+    job_id: Uuid,
+    user_id: i64,
+    message_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE deliveries SET outcome = 'sent', user_id = $2, message_id = $3, sent_at = now(),
+                last_error = NULL, updated_at = now()
+         WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .bind(user_id)
+    .bind(message_id)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt; `give_up` makes the outcome `failed`, otherwise it stays pending.
+pub async fn record_failure(
+    executor: impl PgExecutor<'_>,
+    job_id: Uuid,
+    user_id: Option<i64>,
+    error: &str,
+    give_up: bool,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE deliveries SET last_error = $2, user_id = coalesce($3, user_id),
+                outcome = CASE WHEN $4 THEN 'failed' ELSE outcome END, updated_at = now()
+         WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .bind(error)
+    .bind(user_id)
+    .bind(give_up)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// A delivery row, for operators and tests.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Delivery {
+    /// The job.
+    pub job_id: Uuid,
+    /// The request's correlation id.
+    pub correlation_id: Uuid,
+    /// The address as requested.
+    pub email: String,
+    /// The account, when one was found.
+    pub user_id: Option<i64>,
+    /// Outcome as stored (see [`Outcome`]).
+    pub outcome: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// Message-ID of the sent email.
+    pub message_id: Option<String>,
+    /// When the api accepted the request.
+    pub requested_at: OffsetDateTime,
+    /// When the email was accepted by the mail server.
+    pub sent_at: Option<OffsetDateTime>,
+}
+
+/// The row of one job, if the worker has seen it.
+pub async fn find(executor: impl PgExecutor<'_>, job_id: Uuid) -> sqlx::Result<Option<Delivery>> {
+    sqlx::query_as(
+        "SELECT job_id, correlation_id, email, user_id, outcome, attempts, last_error, message_id,
+                requested_at, sent_at
+         FROM deliveries WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_optional(executor)
+    .await
+}
+
+/// The rows of every job requested for an address (ASCII case folded), oldest first.
+pub async fn find_by_email(
+    executor: impl PgExecutor<'_>,
+    match_key: &str,
+) -> sqlx::Result<Vec<Delivery>> {
+    sqlx::query_as(
+        "SELECT job_id, correlation_id, email, user_id, outcome, attempts, last_error, message_id,
+                requested_at, sent_at
+         FROM deliveries WHERE ascii_lower(email) = $1 ORDER BY requested_at, job_id",
+    )
+    .bind(match_key)
+    .fetch_all(executor)
+    .await
+}

@@ -1,0 +1,134 @@
+//! Accounts: looked up by address (ASCII case folded), added by the `user add` command.
+
+use std::{fmt, str::FromStr};
+
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+/// Whether an account may receive a reset email.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UserStatus {
+    /// May reset its password.
+    Active,
+    /// Not activated yet: no email.
+    Inactive,
+    /// Banned: no email.
+    Banned,
+}
+
+impl UserStatus {
+    /// The value stored in `users.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Inactive => "inactive",
+            Self::Banned => "banned",
+        }
+    }
+}
+
+impl fmt::Display for UserStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for UserStatus {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "active" => Ok(Self::Active),
+            "inactive" => Ok(Self::Inactive),
+            "banned" => Ok(Self::Banned),
+            other => Err(format!("unknown account status `{other}`")),
+        }
+    }
+}
+
+/// An account, as the worker needs it.
+#[derive(Clone, Debug)]
+pub struct User {
+    /// Database id (never shown outside).
+    pub id: i64,
+    /// The opaque id used in reset links.
+    pub public_id: Uuid,
+    /// The address stored on the account: the one the email goes to.
+    pub email: String,
+    /// Display name, if any.
+    pub nick: Option<String>,
+    /// Whether it may receive an email.
+    pub status: UserStatus,
+    /// Preferred language such as `en-US`, if known.
+    pub language: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: i64,
+    public_id: Uuid,
+    email: String,
+    nick: Option<String>,
+    status: String,
+    language: Option<String>,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = sqlx::Error;
+    fn try_from(row: UserRow) -> Result<Self, Self::Error> {
+        Ok(User {
+            id: row.id,
+            public_id: row.public_id,
+            email: row.email,
+            nick: row.nick,
+            status: row
+                .status
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            language: row.language,
+        })
+    }
+}
+
+/// Finds the account whose address equals `match_key` (already ASCII-lowercased) and locks its row
+/// until the transaction ends, so that jobs for one account are handled one at a time.
+pub async fn find_for_update(
+    executor: impl PgExecutor<'_>,
+    match_key: &str,
+) -> sqlx::Result<Option<User>> {
+    let row: Option<UserRow> = sqlx::query_as(
+        "SELECT id, public_id, email, nick, status, language FROM users
+         WHERE ascii_lower(email) = $1 FOR NO KEY UPDATE",
+    )
+    .bind(match_key)
+    .fetch_optional(executor)
+    .await?;
+    row.map(User::try_from).transpose()
+}
+
+/// A new account, as `resetmail-api user add` creates it.
+#[derive(Clone, Debug)]
+pub struct NewUser<'a> {
+    /// Its address.
+    pub email: &'a str,
+    /// Display name.
+    pub nick: Option<&'a str>,
+    /// Language such as `zh-CN`.
+    pub language: Option<&'a str>,
+    /// Status.
+    pub status: UserStatus,
+}
+
+/// Inserts an account; fails if one with the same address (ASCII case folded) exists.
+pub async fn insert(executor: impl PgExecutor<'_>, user: &NewUser<'_>) -> sqlx::Result<User> {
+    let row: UserRow = sqlx::query_as(
+        "INSERT INTO users (email, nick, language, status) VALUES ($1, $2, $3, $4)
+         RETURNING id, public_id, email, nick, status, language",
+    )
+    .bind(user.email)
+    .bind(user.nick)
+    .bind(user.language)
+    .bind(user.status.as_str())
+    .fetch_one(executor)
+    .await?;
+    User::try_from(row)
+}

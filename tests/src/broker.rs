@@ -1,0 +1,171 @@
+//! `TestBroker`: a queue prefix of its own for one test on the real RabbitMQ; its queues and
+//! exchanges are deleted when the test ends.
+
+use std::{net::SocketAddr, time::Duration};
+
+use lapin::{
+    BasicProperties, Channel, Connection,
+    options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use resetmail_shared::{
+    amqp,
+    config::{BrokerConfig, QueueType},
+    topology::Topology,
+};
+use uuid::Uuid;
+
+/// The broker tests use; `RESETMAIL_TEST_AMQP_URL` overrides it.
+pub fn server_url() -> String {
+    std::env::var("RESETMAIL_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The broker's address, for a proxy in front of it.
+pub fn server_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5672))
+}
+
+/// A unique prefix on the real broker, with a connection for the test's own inspections.
+pub struct TestBroker {
+    /// The configuration for the code under test.
+    pub config: BrokerConfig,
+    /// The topology under that prefix.
+    pub topology: Topology,
+    _connection: Connection,
+    /// A confirm-mode channel for the test.
+    pub channel: Channel,
+}
+
+impl TestBroker {
+    /// A new prefix, with its topology declared.
+    pub async fn new() -> TestBroker {
+        let config = BrokerConfig {
+            url: server_url(),
+            queue_prefix: format!("test-{}", Uuid::new_v4().simple()),
+            queue_type: QueueType::Classic,
+        };
+        let topology = Topology::new(&config);
+        let connection = amqp::connect(&config.url, "resetmail-test")
+            .await
+            .unwrap_or_else(|error| panic!("cannot reach RabbitMQ at {}: {error}", server_url()));
+        let channel = connection
+            .create_channel()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        topology
+            .declare(&channel)
+            .await
+            .unwrap_or_else(|error| panic!("cannot declare the topology: {error}"));
+        TestBroker {
+            config,
+            topology,
+            _connection: connection,
+            channel,
+        }
+    }
+
+    /// The same configuration, but reaching the broker through `port` (a proxy).
+    pub fn config_via(&self, port: u16) -> BrokerConfig {
+        BrokerConfig {
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            ..self.config.clone()
+        }
+    }
+
+    /// Messages ready in `queue`.
+    pub async fn count(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("cannot inspect {queue}: {error}"))
+            .message_count()
+    }
+
+    /// Takes one message from `queue` (acknowledged), if there is one.
+    pub async fn take(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+        let message = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap_or_else(|error| panic!("cannot read {queue}: {error}"));
+        message
+    }
+
+    /// Publishes a raw body to the work queue, as the api would, and waits for the confirm.
+    pub async fn publish_raw(&self, body: &[u8], message_id: Option<&str>) {
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        let confirmation = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.topology.work_queue().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .unwrap_or_else(|error| panic!("cannot publish: {error}"))
+            .await
+            .unwrap_or_else(|error| panic!("no confirm: {error}"));
+        assert!(
+            confirmation.is_ack() && confirmation.take_message().is_none(),
+            "the broker did not take the message"
+        );
+    }
+
+    /// Waits until `queue` holds `n` ready messages.
+    pub async fn wait_for_count(&self, queue: &str, n: u32, within: Duration) {
+        crate::eventually(&format!("{n} messages in {queue}"), within, || async {
+            (self.count(queue).await == n).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let queues = self.topology.queues();
+        let exchanges = self.topology.exchanges();
+        // The test's own connection ends with the test's runtime; cleanup uses a connection of its own.
+        crate::run_to_completion(async move {
+            let Ok(connection) = amqp::connect(&server_url(), "resetmail-test-cleanup").await
+            else {
+                return;
+            };
+            if let Ok(channel) = connection.create_channel().await {
+                for queue in queues {
+                    let _ = channel
+                        .queue_delete(queue.into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for exchange in exchanges {
+                    let _ = channel
+                        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+            }
+            let _ = connection.close(200, "cleanup done".into()).await;
+        });
+    }
+}

@@ -1,0 +1,72 @@
+//! The worker's configuration: shared settings plus the site, mail and job settings.
+
+use std::{path::PathBuf, time::Duration};
+
+use resetmail_shared::config::{BrokerConfig, DatabaseConfig, LogConfig, parse_duration};
+
+/// Everything the worker reads from the environment or its flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkerConfig {
+    /// Public URL of the Cloudreve site; links point there (never taken from a request).
+    #[arg(
+        long = "site-url",
+        env = "RESETMAIL_SITE_URL",
+        default_value = "http://localhost:5212"
+    )]
+    pub site_url: String,
+    /// Site name, in the subject `[{site name}] …` and the email.
+    #[arg(
+        long = "site-name",
+        env = "RESETMAIL_SITE_NAME",
+        default_value = "Cloudreve"
+    )]
+    pub site_name: String,
+    /// SMTP server, e.g. `smtp://user:pass@host:587?tls=required`; unset writes `.eml` files instead.
+    #[arg(long = "smtp-url", env = "RESETMAIL_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Where `.eml` files go when no SMTP server is configured.
+    #[arg(
+        long = "outbox-dir",
+        env = "RESETMAIL_OUTBOX_DIR",
+        default_value = "./outbox"
+    )]
+    pub outbox_dir: PathBuf,
+    /// Sender of the emails.
+    #[arg(
+        long = "mail-from",
+        env = "RESETMAIL_MAIL_FROM",
+        default_value = "Cloudreve <no-reply@localhost>"
+    )]
+    pub mail_from: String,
+    /// Longest an SMTP send may take before it counts as a transient failure.
+    #[arg(long = "smtp-timeout", env = "RESETMAIL_SMTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub smtp_timeout: Duration,
+    /// Jobs handled in parallel by this process (also the broker prefetch).
+    #[arg(long = "concurrency", env = "RESETMAIL_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// How long a reset link stays valid.
+    #[arg(long = "token-ttl", env = "RESETMAIL_TOKEN_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+    /// A job older than this when first handled is recorded as expired and not sent.
+    #[arg(long = "job-max-age", env = "RESETMAIL_JOB_MAX_AGE", default_value = "1h", value_parser = parse_duration)]
+    pub job_max_age: Duration,
+    /// Directory of template overrides (`reset/<lang>/{subject.hbs,body.html.hbs,body.txt.hbs}`).
+    #[arg(long = "templates-dir", env = "RESETMAIL_TEMPLATES_DIR")]
+    pub templates_dir: Option<PathBuf>,
+    /// Language used when the account's language has no template.
+    #[arg(
+        long = "default-language",
+        env = "RESETMAIL_DEFAULT_LANGUAGE",
+        default_value = "en-US"
+    )]
+    pub default_language: String,
+    /// Pause before a failed job goes back to the queue.
+    #[arg(long = "requeue-delay", env = "RESETMAIL_REQUEUE_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub requeue_delay: Duration,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub broker: BrokerConfig,
+    #[command(flatten)]
+    pub log: LogConfig,
+}

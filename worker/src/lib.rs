@@ -1,0 +1,86 @@
+//! resetmail-worker: consumes reset jobs, issues one-time tokens and sends the reset emails.
+
+pub mod config;
+pub mod consumer;
+pub mod mailer;
+pub mod reset;
+pub mod templates;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use lettre::message::Mailbox;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::WorkerConfig, mailer::Mailer, templates::Templates};
+
+/// Everything a job needs; shared by the tasks that handle jobs.
+pub struct Worker {
+    /// The worker's configuration.
+    pub config: WorkerConfig,
+    pool: PgPool,
+    mailer: Mailer,
+    templates: Templates,
+    from: Mailbox,
+    site_url: String,
+    message_id_domain: String,
+}
+
+impl Worker {
+    /// Checks the configuration and compiles the templates; any problem stops the worker here.
+    pub fn new(config: WorkerConfig, pool: PgPool) -> anyhow::Result<Self> {
+        let templates = Templates::load(config.templates_dir.as_deref(), &config.default_language)?;
+        let from: Mailbox = config
+            .mail_from
+            .parse()
+            .context("RESETMAIL_MAIL_FROM is not an address")?;
+        let mailer = Mailer::new(
+            config.smtp_url.as_deref(),
+            &config.outbox_dir,
+            config.smtp_timeout,
+        )?;
+        let site_url = config.site_url.trim_end_matches('/').to_owned();
+        if !(site_url.starts_with("https://") || site_url.starts_with("http://")) {
+            anyhow::bail!(
+                "RESETMAIL_SITE_URL must start with http:// or https://, got `{site_url}`"
+            );
+        }
+        let message_id_domain = from.email.domain().to_owned();
+        Ok(Self {
+            config,
+            pool,
+            mailer,
+            templates,
+            from,
+            site_url,
+            message_id_domain,
+        })
+    }
+
+    /// The templates in use.
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+}
+
+/// Runs the worker as configured until `shutdown` fires.
+pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Each job in flight holds one connection from its first statement to its commit.
+    config.database.pool_size = config
+        .database
+        .pool_size
+        .max(u32::from(config.concurrency) + 1);
+    let pool = resetmail_shared::db::connect(&config.database).await?;
+    let worker = Worker::new(config, pool)?;
+    match &worker.config.smtp_url {
+        Some(_) => tracing::info!("sending email over SMTP"),
+        None => tracing::warn!(
+            outbox = %worker.config.outbox_dir.display(),
+            "NO SMTP SERVER CONFIGURED (RESETMAIL_SMTP_URL): reset emails are written as .eml files to the outbox, not sent"
+        ),
+    }
+    tracing::info!(languages = ?worker.templates.languages(), "templates compiled and test-rendered");
+    consumer::consume(Arc::new(worker), shutdown).await;
+    Ok(())
+}

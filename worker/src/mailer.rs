@@ -1,0 +1,86 @@
+//! Sending email: lettre's pooled async SMTP transport when an SMTP URL is configured, otherwise
+//! `.eml` files in the outbox directory. Every SMTP send runs under a timeout.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context as _;
+use lettre::{
+    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
+};
+
+/// Why a send failed, classified once, here.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// Worth retrying: 4xx, timeouts, connection failures.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying will not help: 5xx on the recipient or the message.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// The configured transport.
+pub enum Mailer {
+    /// A real SMTP server.
+    Smtp {
+        /// lettre's pooled transport.
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        /// Upper bound for one send.
+        timeout: Duration,
+    },
+    /// `.eml` files in a directory, for machines without an SMTP server.
+    Outbox(AsyncFileTransport<Tokio1Executor>),
+}
+
+impl Mailer {
+    /// SMTP from `smtp_url` when given, else the outbox in `outbox_dir` (created if missing).
+    pub fn new(
+        smtp_url: Option<&str>,
+        outbox_dir: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        match smtp_url {
+            Some(url) => {
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    // lettre's error names the part that is wrong; the URL (with its password) is not shown.
+                    .context("RESETMAIL_SMTP_URL is not a valid SMTP URL")?
+                    .timeout(Some(timeout))
+                    .build();
+                Ok(Self::Smtp { transport, timeout })
+            }
+            None => {
+                std::fs::create_dir_all(outbox_dir).with_context(|| {
+                    format!("cannot create the outbox {}", outbox_dir.display())
+                })?;
+                Ok(Self::Outbox(AsyncFileTransport::new(outbox_dir)))
+            }
+        }
+    }
+
+    /// Sends one message.
+    pub async fn send(&self, message: Message) -> Result<(), MailError> {
+        match self {
+            Self::Smtp { transport, timeout } => {
+                match tokio::time::timeout(*timeout, transport.send(message)).await {
+                    Err(_) => Err(MailError::Transient(format!(
+                        "no answer from the SMTP server within {timeout:?}"
+                    ))),
+                    Ok(Ok(_response)) => Ok(()),
+                    Ok(Err(error)) if error.is_permanent() => {
+                        Err(MailError::Permanent(error.to_string()))
+                    }
+                    Ok(Err(error)) => Err(MailError::Transient(error.to_string())),
+                }
+            }
+            Self::Outbox(transport) => {
+                transport
+                    .send(message)
+                    .await
+                    .map(|_id| ())
+                    .map_err(|error| {
+                        MailError::Transient(format!("cannot write to the outbox: {error}"))
+                    })
+            }
+        }
+    }
+}

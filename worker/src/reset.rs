@@ -1,0 +1,176 @@
+//! Handling one password reset job: decide, issue the token, render and send the email, record it.
+//! The job's delivery row stays locked from the first statement to the commit, so a job delivered
+//! twice (or to two workers) is sent once.
+
+use anyhow::Context as _;
+use lettre::{
+    Message,
+    message::{Mailbox, MultiPart},
+};
+use resetmail_shared::{
+    PasswordResetJob,
+    db::{
+        deliveries::{self, Outcome},
+        tokens,
+        users::{self, User, UserStatus},
+    },
+    token::ResetToken,
+};
+use sqlx::{Postgres, Transaction};
+use time::OffsetDateTime;
+
+use crate::{
+    Worker,
+    mailer::MailError,
+    templates::{ResetEmailContext, valid_for},
+};
+
+/// What became of a job; one place ([`crate::consumer`]) turns it into ack, requeue or dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// The email was accepted by the mail server.
+    Sent {
+        /// Its Message-ID header.
+        message_id: String,
+    },
+    /// Decided without sending (unknown, banned or inactive account, expired job).
+    Skipped(Outcome),
+    /// Already decided by an earlier delivery of the same job; nothing was done.
+    Duplicate(Outcome),
+    /// Failed in a way that may pass; the job goes back to the queue.
+    Retry(String),
+    /// Failed for good; the job goes to the dead letters.
+    Dead(String),
+}
+
+impl Worker {
+    /// Handles one job. Never panics; failures become [`JobOutcome::Retry`] or [`JobOutcome::Dead`].
+    pub async fn handle(&self, job: &PasswordResetJob) -> JobOutcome {
+        match self.try_handle(job).await {
+            Ok(outcome) => outcome,
+            Err(error) => JobOutcome::Retry(format!("{error:#}")),
+        }
+    }
+
+    async fn try_handle(&self, job: &PasswordResetJob) -> anyhow::Result<JobOutcome> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("cannot begin a transaction")?;
+        let claim = deliveries::claim(&mut *tx, job)
+            .await
+            .context("cannot record the job")?;
+        if claim.outcome.is_final() {
+            tx.commit().await?;
+            return Ok(JobOutcome::Duplicate(claim.outcome));
+        }
+        if OffsetDateTime::now_utc() - job.requested_at > self.config.job_max_age {
+            return decide(tx, job, None, Outcome::Expired).await;
+        }
+        let user = match users::find_for_update(&mut *tx, &job.email.match_key()).await? {
+            None => return decide(tx, job, None, Outcome::UnknownAccount).await,
+            Some(user) if user.status == UserStatus::Banned => {
+                return decide(tx, job, Some(user.id), Outcome::Banned).await;
+            }
+            Some(user) if user.status == UserStatus::Inactive => {
+                return decide(tx, job, Some(user.id), Outcome::Inactive).await;
+            }
+            Some(user) => user,
+        };
+
+        let token = ResetToken::generate().context("no randomness from the operating system")?;
+        let token_id = tokens::issue(
+            &mut *tx,
+            user.id,
+            job.job_id,
+            &token.hash(),
+            self.config.token_ttl,
+        )
+        .await
+        .context("cannot store the token")?;
+        let message_id = format!("<{}@{}>", job.job_id, self.message_id_domain);
+        let sent = match self.compose(&user, &token, &message_id) {
+            Ok(message) => self.mailer.send(message).await,
+            Err(error) => Err(MailError::Permanent(error)),
+        };
+        match sent {
+            Ok(()) => {
+                deliveries::mark_sent(&mut *tx, job.job_id, user.id, &message_id).await?;
+                tx.commit().await.context("cannot record the sent email")?;
+                Ok(JobOutcome::Sent { message_id })
+            }
+            Err(error) => {
+                // The email never left: its token must never work.
+                tokens::revoke(&mut *tx, token_id).await?;
+                let permanent = matches!(error, MailError::Permanent(_));
+                deliveries::record_failure(
+                    &mut *tx,
+                    job.job_id,
+                    Some(user.id),
+                    &error.to_string(),
+                    permanent,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(if permanent {
+                    JobOutcome::Dead(error.to_string())
+                } else {
+                    JobOutcome::Retry(error.to_string())
+                })
+            }
+        }
+    }
+
+    fn compose(
+        &self,
+        user: &User,
+        token: &ResetToken,
+        message_id: &str,
+    ) -> Result<Message, String> {
+        let lang = self.templates.choose_language(user.language.as_deref());
+        let context = ResetEmailContext {
+            site_name: self.config.site_name.clone(),
+            site_url: self.site_url.clone(),
+            name: user
+                .nick
+                .clone()
+                .filter(|nick| !nick.trim().is_empty())
+                .unwrap_or_else(|| user.email.clone()),
+            email: user.email.clone(),
+            link: format!(
+                "{}/session/reset?id={}&secret={}",
+                self.site_url,
+                user.public_id,
+                token.secret()
+            ),
+            valid_for: valid_for(self.config.token_ttl, lang),
+        };
+        let email = self
+            .templates
+            .render(lang, &context)
+            .map_err(|error| format!("template error: {error}"))?;
+        let to: Mailbox = user
+            .email
+            .parse()
+            .map_err(|error| format!("the account's stored address is not deliverable: {error}"))?;
+        Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(email.subject)
+            .message_id(Some(message_id.to_owned()))
+            .multipart(MultiPart::alternative_plain_html(email.text, email.html))
+            .map_err(|error| format!("cannot build the message: {error}"))
+    }
+}
+
+async fn decide(
+    mut tx: Transaction<'_, Postgres>,
+    job: &PasswordResetJob,
+    user_id: Option<i64>,
+    outcome: Outcome,
+) -> anyhow::Result<JobOutcome> {
+    deliveries::decide(&mut *tx, job.job_id, user_id, outcome).await?;
+    tx.commit().await?;
+    Ok(JobOutcome::Skipped(outcome))
+}
