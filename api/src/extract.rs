@@ -9,7 +9,7 @@ use axum::{
 
 use crate::error::ApiError;
 
-/// A JSON request body, read strictly: a JSON content type, a body that parses as `T`.
+/// A JSON request body, read strictly: a JSON content type, an object that parses as `T`.
 pub struct Json<T>(pub T);
 
 impl<S, T> FromRequest<S> for Json<T>
@@ -34,6 +34,10 @@ where
                     ApiError::Parameter(rejection.body_text())
                 }
             })?;
+        // Serde would read a struct from a JSON array too; every body of this api is an object.
+        if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::Parameter("the body must be a JSON object".into()));
+        }
         serde_json::from_slice(&body)
             .map(Json)
             .map_err(|error| ApiError::Parameter(error.to_string()))

@@ -7,6 +7,7 @@ use std::time::Duration;
 pub struct DatabaseConfig {
     /// PostgreSQL URL; the database is created if it is missing.
     #[arg(
+        id = "database_url",
         long = "database-url",
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/resetmail",
@@ -27,6 +28,7 @@ pub struct DatabaseConfig {
 pub struct BrokerConfig {
     /// RabbitMQ URL.
     #[arg(
+        id = "amqp_url",
         long = "amqp-url",
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",

@@ -64,9 +64,8 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let pool = self.pool.clone();
+        // The pool belongs to the test's runtime, which is blocked here: FORCE ends its connections.
         crate::run_to_completion(async move {
-            pool.close().await;
             let url = format!("{}/postgres", server_url().trim_end_matches('/'));
             if let Ok(mut connection) = PgConnection::connect(&url).await {
                 let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
