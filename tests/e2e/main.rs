@@ -1,1 +1,7 @@
-fn main() {}
+//! Integration and end-to-end tests of resetmail on real PostgreSQL, RabbitMQ and SMTP over TCP.
+
+mod api_broker_outage;
+mod api_reset;
+mod flow;
+mod harness;
+mod worker_jobs;

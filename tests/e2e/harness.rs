@@ -1,28 +1,108 @@
-//! An api served on a real TCP port, publishing to a test prefix on the real broker.
+//! The processes under test, started from their libraries: an api served on a real TCP port and a
+//! worker consuming, both on the test's own database and queue prefix, mail going to an SMTP sink.
 
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser as _;
 use resetmail_api::{AppState, config::ApiConfig, publisher::Publisher};
 use resetmail_shared::config::BrokerConfig;
-use resetmail_testkit::{PATIENCE, broker::TestBroker, db::TestDb, eventually};
-use tokio::net::TcpListener;
+use resetmail_testkit::{
+    PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
+};
+use resetmail_worker::config::WorkerConfig;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+/// The site the worker's links point to in tests.
+pub const SITE_URL: &str = "https://cloud.example.com";
+/// The site name in tests.
+pub const SITE_NAME: &str = "Example Cloud";
+
 #[derive(clap::Parser)]
-struct Cli {
+struct Cli<T: clap::Args> {
     #[command(flatten)]
-    config: ApiConfig,
+    config: T,
 }
 
-/// The api's configuration as an operator would give it, with the test's database and broker.
-pub fn api_config(db: &TestDb, broker: &BrokerConfig) -> ApiConfig {
-    let mut config = Cli::try_parse_from(["resetmail-api", "--publish-timeout", "2s"])
+/// A configuration parsed from flags as an operator would give them, on the test's database and broker.
+fn parse<T: clap::Args>(args: &[&str]) -> T {
+    Cli::<T>::try_parse_from(args)
         .unwrap_or_else(|error| panic!("{error}"))
-        .config;
+        .config
+}
+
+/// The api's configuration, on the test's database and broker.
+pub fn api_config(db: &TestDb, broker: &BrokerConfig) -> ApiConfig {
+    let mut config: ApiConfig = parse(&["resetmail-api", "--publish-timeout", "2s"]);
     config.database = db.config.clone();
     config.broker = broker.clone();
     config
+}
+
+/// The worker's configuration, sending to `sink`, with `extra` flags.
+pub fn worker_config(
+    db: &TestDb,
+    broker: &BrokerConfig,
+    sink: &SmtpSink,
+    extra: &[&str],
+) -> WorkerConfig {
+    let url = sink.url();
+    let mut args = vec![
+        "resetmail-worker",
+        "--smtp-url",
+        &url,
+        "--smtp-timeout",
+        "10s",
+        "--site-url",
+        SITE_URL,
+        "--site-name",
+        SITE_NAME,
+        "--mail-from",
+        "Example Cloud <no-reply@cloud.example.com>",
+        "--requeue-delay",
+        "50ms",
+    ];
+    args.extend_from_slice(extra);
+    let mut config: WorkerConfig = parse(&args);
+    config.database = db.config.clone();
+    config.broker = broker.clone();
+    config
+}
+
+/// A running worker; stopped gracefully when dropped or by [`TestWorker::stop`].
+pub struct TestWorker {
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestWorker {
+    /// Starts a worker with `config`.
+    pub fn start(config: WorkerConfig) -> TestWorker {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(resetmail_worker::run(config, shutdown.clone()));
+        TestWorker {
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Asks the worker to stop and waits until it has.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(PATIENCE, task).await;
+            match result {
+                Ok(Ok(Ok(()))) => {}
+                other => panic!("the worker did not stop cleanly: {other:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 /// A running api.
@@ -130,7 +210,7 @@ pub struct Answer {
 }
 
 /// A fresh database and broker prefix with an api on them.
-pub async fn setup() -> (TestDb, TestBroker, TestApi) {
+pub async fn setup_api() -> (TestDb, TestBroker, TestApi) {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let api = TestApi::start(&db, &broker.config).await;

@@ -4,7 +4,7 @@ use resetmail_shared::db::users::UserStatus;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::harness::{Answer, setup};
+use crate::harness::{Answer, setup_api as setup};
 
 fn assert_error(answer: &Answer, status: u16, code: i64, msg: &str, case: &str) {
     assert_eq!(

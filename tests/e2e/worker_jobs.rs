@@ -1,0 +1,384 @@
+//! The worker on jobs published straight to the queue: decisions, idempotency, languages, escaping,
+//! failures of the mail server and of the message itself.
+
+use resetmail_shared::{
+    EmailAddress, Job, PasswordResetJob,
+    db::{
+        deliveries::{self, Delivery},
+        users::UserStatus,
+    },
+};
+use resetmail_testkit::{
+    PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::harness::{SITE_NAME, TestWorker, worker_config};
+
+fn job_for(email: &str) -> PasswordResetJob {
+    PasswordResetJob {
+        job_id: Uuid::new_v4(),
+        email: EmailAddress::parse(email).unwrap_or_else(|error| panic!("{email}: {error}")),
+        correlation_id: Uuid::new_v4(),
+        requested_at: OffsetDateTime::now_utc(),
+    }
+}
+
+async fn publish(broker: &TestBroker, job: &PasswordResetJob) {
+    broker
+        .publish_raw(
+            &Job::PasswordReset(job.clone()).encode(),
+            Some(&job.job_id.to_string()),
+        )
+        .await;
+}
+
+/// Waits until the job's outcome is final.
+pub async fn decided(db: &TestDb, job_id: Uuid) -> Delivery {
+    eventually(
+        &format!("a final outcome for job {job_id}"),
+        PATIENCE,
+        || async {
+            deliveries::find(&db.pool, job_id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|row| row.outcome != "pending")
+        },
+    )
+    .await
+}
+
+struct Setup {
+    db: TestDb,
+    broker: TestBroker,
+    sink: SmtpSink,
+    worker: TestWorker,
+}
+
+/// One worker handling one job at a time, so that jobs are handled in the order they were queued.
+async fn setup() -> Setup {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let worker = TestWorker::start(worker_config(
+        &db,
+        &broker.config,
+        &sink,
+        &["--concurrency", "1"],
+    ));
+    Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    }
+}
+
+#[tokio::test]
+async fn unknown_banned_and_inactive_accounts_get_no_email_and_their_outcome_is_recorded() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup().await;
+    db.add_user("banned@example.com", None, None, UserStatus::Banned)
+        .await;
+    db.add_user("inactive@example.com", None, None, UserStatus::Inactive)
+        .await;
+    db.add_user("marker@example.com", None, None, UserStatus::Active)
+        .await;
+
+    let cases = [
+        ("nobody@example.com", "unknown_account"),
+        ("banned@example.com", "banned"),
+        ("INACTIVE@example.com", "inactive"),
+    ];
+    let mut jobs = Vec::new();
+    for (email, _) in cases {
+        let job = job_for(email);
+        publish(&broker, &job).await;
+        jobs.push(job);
+    }
+    // Handled in order: once the marker's email is there, the three before it were handled too.
+    let marker = job_for("marker@example.com");
+    publish(&broker, &marker).await;
+    let mails = sink.wait_for(1, PATIENCE).await;
+
+    for (job, (email, outcome)) in jobs.iter().zip(cases) {
+        let row = decided(&db, job.job_id).await;
+        assert_eq!(row.outcome, outcome, "{email}");
+        assert_eq!(row.message_id, None);
+    }
+    assert_eq!(decided(&db, marker.job_id).await.outcome, "sent");
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].rcpt_to, vec!["marker@example.com".to_owned()]);
+    assert_eq!(sink.received().len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_job_delivered_twice_sends_one_email() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup().await;
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    db.add_user("marker@example.com", None, None, UserStatus::Active)
+        .await;
+
+    let job = job_for("jane@example.com");
+    publish(&broker, &job).await;
+    publish(&broker, &job).await;
+    let marker = job_for("marker@example.com");
+    publish(&broker, &marker).await;
+
+    let mails = sink.wait_for(2, PATIENCE).await;
+    assert_eq!(decided(&db, marker.job_id).await.outcome, "sent");
+    let recipients: Vec<_> = sink
+        .received()
+        .iter()
+        .map(|mail| mail.rcpt_to.join(","))
+        .collect();
+    assert_eq!(
+        recipients,
+        ["jane@example.com", "marker@example.com"],
+        "{mails:?}"
+    );
+    let row = decided(&db, job.job_id).await;
+    assert_eq!((row.outcome.as_str(), row.attempts), ("sent", 1));
+    let tokens: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM password_reset_tokens WHERE job_id = $1")
+            .bind(job.job_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(tokens, 1, "the duplicate issued a token");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_zh_cn_account_gets_chinese_and_a_script_nick_is_escaped_in_html_only() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup().await;
+    let nick = "<script>alert(1)</script>";
+    db.add_user(
+        "li@example.com",
+        Some(nick),
+        Some("zh-CN"),
+        UserStatus::Active,
+    )
+    .await;
+    db.add_user("tw@example.com", None, Some("zh_TW"), UserStatus::Active)
+        .await;
+    db.add_user(
+        "en@example.com",
+        Some(nick),
+        Some("fr-FR"),
+        UserStatus::Active,
+    )
+    .await;
+
+    for email in ["li@example.com", "tw@example.com", "en@example.com"] {
+        publish(&broker, &job_for(email)).await;
+    }
+    let mails: Vec<_> = sink
+        .wait_for(3, PATIENCE)
+        .await
+        .iter()
+        .map(|mail| mail.parsed())
+        .collect();
+
+    let chinese = &mails[0];
+    assert_eq!(chinese.subject, format!("[{SITE_NAME}] 重置密码"));
+    assert!(
+        chinese
+            .html
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        chinese.html
+    );
+    assert!(
+        !chinese.html.contains("<script>"),
+        "the nick reached the HTML unescaped"
+    );
+    assert!(
+        chinese.text.contains(nick),
+        "the text part must show the nick as typed: {}",
+        chinese.text
+    );
+    assert!(chinese.text.contains("1 小时"), "{}", chinese.text);
+
+    assert_eq!(
+        mails[1].subject,
+        format!("[{SITE_NAME}] 重置密码"),
+        "zh_TW falls back to zh-CN"
+    );
+    assert_eq!(
+        mails[2].subject,
+        format!("[{SITE_NAME}] Reset your password"),
+        "fr-FR falls back to the default"
+    );
+    assert!(mails[2].html.contains("&lt;script&gt;") && !mails[2].html.contains("<script>"));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_email_revokes_the_accounts_older_unused_token() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup().await;
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    let (first, second) = (job_for("jane@example.com"), job_for("jane@example.com"));
+    publish(&broker, &first).await;
+    publish(&broker, &second).await;
+    sink.wait_for(2, PATIENCE).await;
+    decided(&db, first.job_id).await;
+    decided(&db, second.job_id).await;
+
+    let live: Vec<(Uuid, bool)> =
+        sqlx::query_as("SELECT job_id, revoked_at IS NULL FROM password_reset_tokens ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(live, vec![(first.job_id, false), (second.job_id, true)]);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_older_than_its_maximum_age_is_recorded_as_expired_and_not_sent() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup().await;
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    let mut stale = job_for("jane@example.com");
+    stale.requested_at -= time::Duration::hours(2);
+    publish(&broker, &stale).await;
+    let fresh = job_for("jane@example.com");
+    publish(&broker, &fresh).await;
+
+    sink.wait_for(1, PATIENCE).await;
+    assert_eq!(decided(&db, stale.job_id).await.outcome, "expired");
+    assert_eq!(decided(&db, fresh.job_id).await.outcome, "sent");
+    assert_eq!(sink.received().len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_transient_smtp_failure_is_retried_until_the_email_goes_out_once() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup().await;
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    sink.fail_data(451, "4.3.0 try again later", 3);
+    let job = job_for("jane@example.com");
+    publish(&broker, &job).await;
+
+    let row = decided(&db, job.job_id).await;
+    assert_eq!((row.outcome.as_str(), row.attempts), ("sent", 4));
+    assert_eq!(sink.received().len(), 1);
+    assert_eq!(sink.attempts(), 4);
+    let live: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM password_reset_tokens WHERE revoked_at IS NULL")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(live, 1, "tokens of the failed attempts must be revoked");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_smtp_failure_goes_to_the_dead_letters_without_retry() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup().await;
+    db.add_user("gone@example.com", None, None, UserStatus::Active)
+        .await;
+    sink.reject_recipient("gone@example.com", 550, "5.1.1 no such mailbox");
+    let job = job_for("gone@example.com");
+    publish(&broker, &job).await;
+
+    let row = decided(&db, job.job_id).await;
+    assert_eq!((row.outcome.as_str(), row.attempts), ("failed", 1));
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("550"),
+        "{:?}",
+        row.last_error
+    );
+    broker
+        .wait_for_count(&broker.topology.dead_letter_queue(), 1, PATIENCE)
+        .await;
+    let dead = broker
+        .take(&broker.topology.dead_letter_queue())
+        .await
+        .unwrap_or_else(|| panic!("no dead letter"));
+    assert_eq!(
+        Job::decode(&dead.delivery.data)
+            .ok()
+            .map(|job| job.job_id()),
+        Some(job.job_id)
+    );
+    assert!(sink.received().is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_message_goes_to_the_dead_letters_and_the_worker_keeps_going() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup().await;
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    broker
+        .publish_raw(
+            b"{\"v\":1,\"type\":\"password_reset\",\"email\":42}",
+            Some("broken-1"),
+        )
+        .await;
+    broker.publish_raw(b"\xff\xfe not even text", None).await;
+    broker
+        .publish_raw(
+            br#"{"v":99,"type":"password_reset"}"#,
+            Some("from-the-future"),
+        )
+        .await;
+    let job = job_for("jane@example.com");
+    publish(&broker, &job).await;
+
+    sink.wait_for(1, PATIENCE).await;
+    assert_eq!(decided(&db, job.job_id).await.outcome, "sent");
+    broker
+        .wait_for_count(&broker.topology.dead_letter_queue(), 3, PATIENCE)
+        .await;
+    worker.stop().await;
+}
