@@ -9,6 +9,7 @@ pub struct DatabaseConfig {
     #[arg(
         id = "database_url",
         long = "database-url",
+        value_name = "URL",
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/resetmail",
         hide_env_values = true
@@ -30,6 +31,7 @@ pub struct BrokerConfig {
     #[arg(
         id = "amqp_url",
         long = "amqp-url",
+        value_name = "URL",
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true

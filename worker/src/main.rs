@@ -20,3 +20,13 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(resetmail_shared::shutdown::on_signal(shutdown.clone()));
     resetmail_worker::run(cli.config, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
