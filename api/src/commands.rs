@@ -25,6 +25,15 @@ pub struct AddUser {
     /// Account status.
     #[arg(long, value_enum, default_value_t = UserStatus::Active)]
     pub status: UserStatus,
+    /// Succeed without changes when an account with this address exists (for scripts).
+    #[arg(long)]
+    pub exists_ok: bool,
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|error| error.is_unique_violation())
 }
 
 /// Creates the database if needed and applies pending migrations.
@@ -35,26 +44,40 @@ pub async fn migrate(config: &DatabaseConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds an account and prints its ids.
+/// Adds an account.
 pub async fn add_user(config: &DatabaseConfig, args: &AddUser) -> anyhow::Result<()> {
     let email =
         EmailAddress::parse(&args.email).map_err(|error| anyhow::anyhow!("--email: {error}"))?;
     let pool = db::connect(config).await?;
-    let user = users::insert(
-        &pool,
-        &NewUser {
-            email: email.as_str(),
-            nick: args.nick.as_deref(),
-            language: args.language.as_deref(),
-            status: args.status,
-        },
-    )
-    .await
-    .context("cannot add the account (does one with this address exist already?)")?;
+    let new_user = NewUser {
+        email: email.as_str(),
+        nick: args.nick.as_deref(),
+        language: args.language.as_deref(),
+        status: args.status,
+    };
+    let inserted = users::insert(&pool, &new_user).await;
     pool.close().await;
-    println!(
-        "added account {} ({}), status {}, public id {}",
-        user.id, user.email, user.status, user.public_id
-    );
-    Ok(())
+    match inserted {
+        Ok(user) => {
+            println!(
+                "added account {} ({}), status {}",
+                user.id, user.email, user.status
+            );
+            Ok(())
+        }
+        Err(error) if is_unique_violation(&error) && args.exists_ok => {
+            println!(
+                "an account with the address {} exists already; left as it is",
+                email.as_str()
+            );
+            Ok(())
+        }
+        Err(error) if is_unique_violation(&error) => {
+            anyhow::bail!(
+                "an account with the address {} exists already",
+                email.as_str()
+            )
+        }
+        Err(error) => Err(error).context("cannot add the account"),
+    }
 }

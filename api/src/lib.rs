@@ -82,7 +82,13 @@ pub async fn serve(
 /// Runs the api as configured: database (created and migrated), broker publisher, HTTP server.
 pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = resetmail_shared::db::connect(&config.database).await?;
-    let publisher = Publisher::start(&config.broker, config.publish_timeout, shutdown.clone());
+    // The publisher outlives the server's shutdown, so requests in flight can still publish.
+    let publisher_shutdown = CancellationToken::new();
+    let publisher = Publisher::start(
+        &config.broker,
+        config.publish_timeout,
+        publisher_shutdown.clone(),
+    );
     let listener = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
@@ -92,5 +98,7 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Resu
         pool,
         publisher,
     };
-    serve(listener, state, shutdown).await
+    let served = serve(listener, state, shutdown).await;
+    publisher_shutdown.cancel();
+    served
 }

@@ -4,9 +4,11 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber; call once, first thing in `main`.
+/// Installs the global subscriber; call once, first thing in `main`. Without `RUST_LOG`: `info`,
+/// less PostgreSQL notices such as "relation already exists, skipping".
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let registry = tracing_subscriber::registry().with(filter);
     match config.format {
         LogFormat::Pretty => registry

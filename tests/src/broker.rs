@@ -98,12 +98,10 @@ impl TestBroker {
 
     /// Takes one message from `queue` (acknowledged), if there is one.
     pub async fn take(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
-        let message = self
-            .channel
+        self.channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
-            .unwrap_or_else(|error| panic!("cannot read {queue}: {error}"));
-        message
+            .unwrap_or_else(|error| panic!("cannot read {queue}: {error}"))
     }
 
     /// Publishes a raw body to the work queue, as the api would, and waits for the confirm.

@@ -33,6 +33,9 @@ const BUILTIN: [(&str, [&str; 3]); 2] = [
     ),
 ];
 
+/// One language's parts (subject, HTML, text), each as (where it came from, its source).
+type PartSources = [(String, String); 3];
+
 /// What every reset template may use (strict mode refuses anything else).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ResetEmailContext {
@@ -73,7 +76,7 @@ impl Templates {
     /// The shipped templates, replaced or extended by `override_dir` when given; each is compiled and
     /// test-rendered. `default_language` must be one of the languages.
     pub fn load(override_dir: Option<&Path>, default_language: &str) -> anyhow::Result<Self> {
-        let mut sources: BTreeMap<String, [(String, String); 3]> = BUILTIN
+        let mut sources: BTreeMap<String, PartSources> = BUILTIN
             .iter()
             .map(|(lang, parts)| {
                 let named = [0, 1, 2].map(|i| {
@@ -184,7 +187,7 @@ fn template_name(lang: &str, part: &str) -> String {
     format!("reset/{lang}/{part}")
 }
 
-fn read_overrides(dir: &Path) -> anyhow::Result<Vec<(String, [(String, String); 3])>> {
+fn read_overrides(dir: &Path) -> anyhow::Result<Vec<(String, PartSources)>> {
     let reset = dir.join("reset");
     let entries = std::fs::read_dir(&reset)
         .with_context(|| format!("RESETMAIL_TEMPLATES_DIR: cannot read {}", reset.display()))?;
@@ -228,9 +231,9 @@ fn sample_context(lang: &str) -> ResetEmailContext {
 pub fn valid_for(ttl: Duration, lang: &str) -> String {
     let seconds = ttl.as_secs().max(1);
     let chinese = lang.to_ascii_lowercase().starts_with("zh");
-    let (count, unit_en, unit_zh) = if seconds % 3600 == 0 {
+    let (count, unit_en, unit_zh) = if seconds.is_multiple_of(3600) {
         (seconds / 3600, "hour", "小时")
-    } else if seconds % 60 == 0 {
+    } else if seconds.is_multiple_of(60) {
         (seconds / 60, "minute", "分钟")
     } else {
         (seconds, "second", "秒")

@@ -28,15 +28,17 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
         .context("cannot reach PostgreSQL")?;
     if !exists {
         // Two processes starting together may both try; the loser finds it there.
-        if let Err(error) = sqlx::Postgres::create_database(&config.url).await {
-            if !sqlx::Postgres::database_exists(&config.url)
-                .await
-                .unwrap_or(false)
+        match sqlx::Postgres::create_database(&config.url).await {
+            Ok(()) => tracing::info!("created the database"),
+            Err(error)
+                if !sqlx::Postgres::database_exists(&config.url)
+                    .await
+                    .unwrap_or(false) =>
             {
                 return Err(error).context("cannot create the database");
             }
+            Err(_) => {}
         }
-        tracing::info!("created the database");
     }
     let pool = pool(config)?;
     migrate(&pool).await?;
