@@ -27,31 +27,40 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> 
         .map_err(ConnectError::Broker)
 }
 
-/// Backoff between reconnection attempts: doubles from 100 ms to at most 5 s.
+/// Exponential backoff: each delay doubles, up to a ceiling.
 #[derive(Debug)]
 pub struct Backoff {
+    first: Duration,
+    max: Duration,
     next: Duration,
 }
 
 impl Default for Backoff {
+    /// Between reconnection attempts: from 100 ms to at most 5 s.
     fn default() -> Self {
-        Self { next: Self::FIRST }
+        Self::new(Duration::from_millis(100), Duration::from_secs(5))
     }
 }
 
 impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
+    /// Starts at `first`, doubles, never exceeds `max`.
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            next: first,
+        }
+    }
 
     /// The delay to wait now; the following one will be longer.
     pub fn next_delay(&mut self) -> Duration {
         let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
+        self.next = (self.next * 2).min(self.max);
         delay
     }
 
     /// Back to the shortest delay, after a success.
     pub fn reset(&mut self) {
-        self.next = Self::FIRST;
+        self.next = self.first;
     }
 }

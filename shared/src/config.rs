@@ -47,6 +47,32 @@ pub struct BrokerConfig {
     /// Type of the work queue (`classic` or `quorum`); it cannot change once the queue exists.
     #[arg(long = "queue-type", env = "RESETMAIL_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
     pub queue_type: QueueType,
+    /// Delays before each retry of a transient failure, one delay queue each; after the last, the
+    /// job goes to the dead letters.
+    #[arg(long = "retry-delays", env = "RESETMAIL_RETRY_DELAYS", default_value = "5s,30s,2m,10m,30m", value_parser = RetryDelays::parse)]
+    pub retry_delays: RetryDelays,
+}
+
+/// The delays of the retry steps, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryDelays(pub Vec<Duration>);
+
+impl RetryDelays {
+    /// Reads `5s,30s,2m`: durations separated by commas; empty means no retries.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let delays = text
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(parse_duration)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(zero) = delays.iter().find(|delay| delay.is_zero()) {
+            return Err(format!(
+                "a retry delay must be longer than zero, got {zero:?}"
+            ));
+        }
+        Ok(Self(delays))
+    }
 }
 
 /// RabbitMQ queue type of the work queue.
@@ -127,6 +153,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Writes a duration the way [`parse_duration`] reads it, in its largest whole unit: `90s`, `5m`, `250ms`.
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if millis >= size && millis.is_multiple_of(size) {
+            return format!("{}{unit}", millis / size);
+        }
+    }
+    format!("{millis}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +181,30 @@ mod tests {
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn durations_are_written_in_their_largest_whole_unit() {
+        for text in ["250ms", "5s", "90s", "2m", "1h", "30d", "1500ms"] {
+            let duration = parse_duration(text).unwrap_or_default();
+            assert_eq!(format_duration(duration), text);
+        }
+    }
+
+    #[test]
+    fn retry_delays_are_a_comma_separated_list() {
+        let delays = RetryDelays::parse("5s, 30s,2m").map(|delays| delays.0);
+        assert_eq!(
+            delays,
+            Ok(vec![
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                Duration::from_secs(120)
+            ])
+        );
+        assert_eq!(RetryDelays::parse(""), Ok(RetryDelays(Vec::new())));
+        assert!(RetryDelays::parse("5s,0s").is_err());
+        assert!(RetryDelays::parse("5s,soon").is_err());
     }
 
     #[test]

@@ -6,7 +6,9 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 
-use crate::config::{BrokerConfig, QueueType};
+use std::time::Duration;
+
+use crate::config::{BrokerConfig, QueueType, format_duration};
 
 /// How many times a quorum queue redelivers one message before dead-lettering it: a guard against a
 /// message that crashes every worker that takes it.
@@ -17,6 +19,7 @@ pub const QUORUM_DELIVERY_LIMIT: i64 = 20;
 pub struct Topology {
     prefix: String,
     queue_type: QueueType,
+    retry_delays: Vec<Duration>,
 }
 
 impl Topology {
@@ -25,6 +28,7 @@ impl Topology {
         Self {
             prefix: config.queue_prefix.clone(),
             queue_type: config.queue_type,
+            retry_delays: config.retry_delays.0.clone(),
         }
     }
 
@@ -43,9 +47,31 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// The delay queue of retry step `step` (0-based), and its delay; `None` past the last step.
+    pub fn retry_queue(&self, step: usize) -> Option<(String, Duration)> {
+        let delay = *self.retry_delays.get(step)?;
+        // Named by the delay: one fixed TTL per queue, so changing the delays never meets a queue
+        // declared with another TTL.
+        Some((
+            format!("{}.retry.{}", self.prefix, format_duration(delay)),
+            delay,
+        ))
+    }
+
+    /// How many retry steps there are.
+    pub fn retry_steps(&self) -> usize {
+        self.retry_delays.len()
+    }
+
     /// Every queue this topology declares (for tests and tooling that clean up).
     pub fn queues(&self) -> Vec<String> {
-        vec![self.work_queue(), self.dead_letter_queue()]
+        let retries = (0..self.retry_steps())
+            .filter_map(|step| self.retry_queue(step))
+            .map(|(name, _)| name);
+        [self.work_queue(), self.dead_letter_queue()]
+            .into_iter()
+            .chain(retries)
+            .collect()
     }
 
     /// Every exchange this topology declares.
@@ -112,8 +138,38 @@ impl Topology {
         channel
             .queue_declare(self.work_queue().into(), durable, work)
             .await?;
+
+        for step in 0..self.retry_steps() {
+            let Some((name, delay)) = self.retry_queue(step) else {
+                continue;
+            };
+            let mut retry = FieldTable::default();
+            // Nobody consumes a delay queue: each message waits out the queue's TTL, then the broker
+            // dead-letters it through the default exchange straight back to the work queue.
+            let ttl_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            retry.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
+            insert_str(&mut retry, "x-dead-letter-exchange", "");
+            insert_str(&mut retry, "x-dead-letter-routing-key", &self.work_queue());
+            channel.queue_declare(name.into(), durable, retry).await?;
+        }
         Ok(())
     }
+}
+
+/// Headers the worker sets on retried and dead-lettered messages.
+pub mod headers {
+    /// Attempts made so far (retry copies and dead letters).
+    pub const ATTEMPTS: &str = "x-resetmail-attempts";
+    /// When the first attempt was made (RFC 3339).
+    pub const FIRST_ATTEMPT_AT: &str = "x-resetmail-first-attempt-at";
+    /// When the last attempt was made (RFC 3339).
+    pub const LAST_ATTEMPT_AT: &str = "x-resetmail-last-attempt-at";
+    /// The last error, without secrets.
+    pub const LAST_ERROR: &str = "x-resetmail-last-error";
+    /// Why a dead letter is dead: `permanent`, `exhausted` or `malformed`.
+    pub const ERROR_CLASS: &str = "x-resetmail-error-class";
+    /// The routing key the job was first published with (the work queue).
+    pub const ORIGINAL_ROUTING_KEY: &str = "x-resetmail-original-routing-key";
 }
 
 fn insert_str(table: &mut FieldTable, key: &str, value: &str) {

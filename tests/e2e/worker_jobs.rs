@@ -1,6 +1,7 @@
 //! The worker on jobs published straight to the queue: decisions, idempotency, languages, escaping,
 //! failures of the mail server and of the message itself.
 
+use resetmail_shared::topology::headers;
 use resetmail_shared::{
     EmailAddress, Job, PasswordResetJob,
     db::{
@@ -9,7 +10,11 @@ use resetmail_shared::{
     },
 };
 use resetmail_testkit::{
-    PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
+    PATIENCE,
+    broker::{TestBroker, header},
+    db::TestDb,
+    eventually,
+    smtp_sink::SmtpSink,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -345,6 +350,29 @@ async fn a_permanent_smtp_failure_goes_to_the_dead_letters_without_retry() {
             .map(|job| job.job_id()),
         Some(job.job_id)
     );
+    assert_eq!(
+        header(&dead, headers::ERROR_CLASS).as_deref(),
+        Some("permanent")
+    );
+    assert_eq!(header(&dead, headers::ATTEMPTS).as_deref(), Some("1"));
+    assert!(
+        header(&dead, headers::LAST_ERROR)
+            .unwrap_or_default()
+            .contains("550")
+    );
+    assert_eq!(
+        header(&dead, headers::ORIGINAL_ROUTING_KEY),
+        Some(broker.topology.work_queue())
+    );
+    assert!(
+        header(&dead, headers::FIRST_ATTEMPT_AT).is_some()
+            && header(&dead, headers::LAST_ATTEMPT_AT).is_some()
+    );
+    assert_eq!(
+        sink.attempts(),
+        0,
+        "a refused recipient must not be retried"
+    );
     assert!(sink.received().is_empty());
     worker.stop().await;
 }
@@ -380,5 +408,110 @@ async fn a_malformed_message_goes_to_the_dead_letters_and_the_worker_keeps_going
     broker
         .wait_for_count(&broker.topology.dead_letter_queue(), 3, PATIENCE)
         .await;
+    for _ in 0..3 {
+        let dead = broker
+            .take(&broker.topology.dead_letter_queue())
+            .await
+            .unwrap_or_else(|| panic!("no dead letter"));
+        assert_eq!(
+            header(&dead, headers::ERROR_CLASS).as_deref(),
+            Some("malformed")
+        );
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_past_the_last_retry_step_end_in_the_dead_letters() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::with_retry_delays("50ms,100ms,150ms").await;
+    let sink = SmtpSink::start().await;
+    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    sink.fail_data(451, "4.3.0 try again later", 100);
+    let job = job_for("jane@example.com");
+    publish(&broker, &job).await;
+
+    let row = decided(&db, job.job_id).await;
+    assert_eq!(
+        (row.outcome.as_str(), row.attempts),
+        ("failed", 4),
+        "one attempt and three retries"
+    );
+    broker
+        .wait_for_count(&broker.topology.dead_letter_queue(), 1, PATIENCE)
+        .await;
+    let dead = broker
+        .take(&broker.topology.dead_letter_queue())
+        .await
+        .unwrap_or_else(|| panic!("no dead letter"));
+    assert_eq!(
+        header(&dead, headers::ERROR_CLASS).as_deref(),
+        Some("exhausted")
+    );
+    assert_eq!(header(&dead, headers::ATTEMPTS).as_deref(), Some("4"));
+    assert!(
+        header(&dead, headers::LAST_ERROR)
+            .unwrap_or_default()
+            .contains("451")
+    );
+    assert_eq!(sink.attempts(), 4);
+    for step in 0..3 {
+        let (queue, _) = broker
+            .topology
+            .retry_queue(step)
+            .unwrap_or_else(|| panic!("no step {step}"));
+        assert_eq!(broker.count(&queue).await, 0, "{queue} still holds a copy");
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_queued_while_the_mail_server_is_down_are_all_delivered_once_it_is_back() {
+    let db = TestDb::new().await;
+    // Enough steps to outlast the outage below.
+    let broker = TestBroker::with_retry_delays(&["200ms"; 30].join(",")).await;
+    let sink = SmtpSink::start().await;
+    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    sink.set_down(true);
+    let mut jobs = Vec::new();
+    for n in 0..5 {
+        let email = format!("user{n}@example.com");
+        db.add_user(&email, None, None, UserStatus::Active).await;
+        let job = job_for(&email);
+        publish(&broker, &job).await;
+        jobs.push(job);
+    }
+    // Every job has failed at least once while the server was down.
+    eventually("every job to have failed once", PATIENCE, || async {
+        let failed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE last_error IS NOT NULL")
+                .fetch_one(&db.pool)
+                .await
+                .ok()?;
+        (failed == 5).then_some(())
+    })
+    .await;
+    sink.set_down(false);
+
+    sink.wait_for(5, PATIENCE).await;
+    for job in &jobs {
+        let row = decided(&db, job.job_id).await;
+        assert_eq!(row.outcome, "sent");
+        assert!(row.attempts >= 2, "{row:?}");
+    }
+    let mut recipients: Vec<String> = sink
+        .received()
+        .iter()
+        .map(|mail| mail.rcpt_to.join(","))
+        .collect();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        (0..5)
+            .map(|n| format!("user{n}@example.com"))
+            .collect::<Vec<_>>()
+    );
     worker.stop().await;
 }

@@ -13,7 +13,7 @@ use lapin::{
 };
 use resetmail_shared::{
     amqp,
-    config::{BrokerConfig, QueueType},
+    config::{BrokerConfig, QueueType, RetryDelays},
     topology::Topology,
 };
 use uuid::Uuid;
@@ -41,12 +41,18 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
-    /// A new prefix, with its topology declared.
+    /// A new prefix, with its topology declared, and five retry steps of 100 ms.
     pub async fn new() -> TestBroker {
+        Self::with_retry_delays("100ms,100ms,100ms,100ms,100ms").await
+    }
+
+    /// A new prefix whose retry steps wait `delays` (as `RESETMAIL_RETRY_DELAYS` writes them).
+    pub async fn with_retry_delays(delays: &str) -> TestBroker {
         let config = BrokerConfig {
             url: server_url(),
             queue_prefix: format!("test-{}", Uuid::new_v4().simple()),
             queue_type: QueueType::Classic,
+            retry_delays: RetryDelays::parse(delays).unwrap_or_else(|error| panic!("{error}")),
         };
         let topology = Topology::new(&config);
         let connection = amqp::connect(&config.url, "resetmail-test")
@@ -138,6 +144,27 @@ impl TestBroker {
             (self.count(queue).await == n).then_some(())
         })
         .await;
+    }
+}
+
+/// A header of a message as text (strings as they are, numbers in decimal).
+pub fn header(message: &lapin::message::BasicGetMessage, key: &str) -> Option<String> {
+    use lapin::types::AMQPValue;
+    match message
+        .delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(key)?
+    {
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        AMQPValue::LongLongInt(value) => Some(value.to_string()),
+        AMQPValue::LongInt(value) => Some(value.to_string()),
+        other => Some(format!("{other:?}")),
     }
 }
 

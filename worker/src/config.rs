@@ -63,6 +63,16 @@ pub struct WorkerConfig {
     /// Pause before a failed job goes back to the queue.
     #[arg(long = "requeue-delay", env = "RESETMAIL_REQUEUE_DELAY", default_value = "1s", value_parser = parse_duration)]
     pub requeue_delay: Duration,
+    /// First pause of consumption after a failure that hits every job (database down, SMTP
+    /// credentials rejected); each further one doubles.
+    #[arg(long = "pause-min", env = "RESETMAIL_PAUSE_MIN", default_value = "1s", value_parser = parse_duration)]
+    pub pause_min: Duration,
+    /// Longest pause of consumption.
+    #[arg(long = "pause-max", env = "RESETMAIL_PAUSE_MAX", default_value = "1m", value_parser = parse_duration)]
+    pub pause_max: Duration,
+    /// On SIGTERM, how long jobs in flight may take to finish before the worker stops anyway.
+    #[arg(long = "shutdown-timeout", env = "RESETMAIL_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]

@@ -1,16 +1,14 @@
-//! Consuming jobs: manual acks, a prefetch equal to the concurrency, a supervisor that reconnects with
-//! backoff, and graceful shutdown that lets jobs in flight finish and ack.
+//! Consuming jobs: manual acks and a prefetch equal to the concurrency; a supervisor that reconnects
+//! with backoff; a pause, with growing backoff, when a failure would hit every job alike; and a
+//! graceful shutdown that lets jobs in flight finish and settle, within a time limit.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
 use lapin::{
     Channel, Connection, Consumer,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicQosOptions, BasicRejectOptions,
-    },
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
 use resetmail_shared::{
@@ -18,29 +16,48 @@ use resetmail_shared::{
     amqp::{self, Backoff},
     topology::Topology,
 };
+use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
-use crate::{Worker, reset::JobOutcome};
+use crate::{
+    Worker,
+    reset::{DeadClass, JobOutcome},
+    settle::{Attempt, settle},
+};
 
-/// Consumes until `shutdown` fires, then waits for the jobs in flight.
+/// How a consuming session on one connection ended.
+enum SessionEnd {
+    Shutdown,
+    Lost,
+}
+
+/// What the tasks of one connection share.
+struct Session {
+    worker: Arc<Worker>,
+    topology: Topology,
+    publisher: Channel,
+    /// Raised by a task whose job met a failure that every job would meet.
+    pause: Arc<Notify>,
+}
+
+/// Consumes until `shutdown` fires, then lets the jobs in flight finish.
 pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
     let topology = Topology::new(&worker.config.broker);
     let tracker = TaskTracker::new();
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
         match open(&worker, &topology).await {
-            Ok((connection, channel, consumer)) => {
+            Ok((connection, channel, publisher)) => {
                 backoff.reset();
-                tracing::info!(queue = %topology.work_queue(), concurrency = worker.config.concurrency, "consuming jobs");
-                let stopped = take_deliveries(&worker, consumer, &tracker, &shutdown).await;
-                if stopped {
-                    // No new deliveries; jobs in flight still ack on this channel before it closes.
-                    let _ = channel
-                        .basic_cancel("".into(), BasicCancelOptions::default())
-                        .await;
-                    tracker.close();
-                    tracker.wait().await;
+                let session = Arc::new(Session {
+                    worker: worker.clone(),
+                    topology: topology.clone(),
+                    publisher,
+                    pause: Arc::new(Notify::new()),
+                });
+                let end = run_session(&session, &channel, &tracker, &shutdown).await;
+                if let SessionEnd::Shutdown = end {
                     let _ = connection.close(200, "worker shutting down".into()).await;
                     tracing::info!("worker stopped");
                     return;
@@ -56,62 +73,152 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
             () = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
-    tracker.close();
-    tracker.wait().await;
+    drain(&tracker, worker.config.shutdown_timeout).await;
 }
 
 async fn open(
     worker: &Worker,
     topology: &Topology,
-) -> anyhow::Result<(Connection, Channel, Consumer)> {
+) -> anyhow::Result<(Connection, Channel, Channel)> {
     let connection = amqp::connect(&worker.config.broker.url, "resetmail-worker").await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
     channel
         .basic_qos(worker.config.concurrency, BasicQosOptions::default())
         .await?;
-    let consumer = channel
-        .basic_consume(
-            topology.work_queue().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+    // Retry copies and dead letters go out on a channel of their own, with confirms.
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    Ok((connection, channel, consumer))
+    Ok((connection, channel, publisher))
 }
 
-/// Hands each delivery to its own task; returns true on shutdown, false when the stream broke.
+/// Consumes on `channel`, pausing when told to, until shutdown or the connection is lost.
+async fn run_session(
+    session: &Arc<Session>,
+    channel: &Channel,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let config = &session.worker.config;
+    let mut pause_backoff = Backoff::new(config.pause_min, config.pause_max);
+    loop {
+        let consumer = match channel
+            .basic_consume(
+                session.topology.work_queue().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::warn!(%error, "cannot consume");
+                return SessionEnd::Lost;
+            }
+        };
+        let tag = consumer.tag();
+        let consuming_since = std::time::Instant::now();
+        tracing::info!(queue = %session.topology.work_queue(), concurrency = config.concurrency, "consuming jobs");
+        let stop = take_deliveries(session, consumer, tracker, shutdown).await;
+        // Whatever the reason, take no new deliveries; those in flight still settle on this connection.
+        let _ = channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await;
+        match stop {
+            Stop::Lost => return SessionEnd::Lost,
+            Stop::Shutdown => {
+                drain(tracker, config.shutdown_timeout).await;
+                return SessionEnd::Shutdown;
+            }
+            Stop::Pause => {
+                drain(tracker, config.shutdown_timeout).await;
+                tracker.reopen();
+                // A failure long after the last one starts the backoff over.
+                if consuming_since.elapsed() > config.pause_max {
+                    pause_backoff.reset();
+                }
+                let delay = pause_backoff.next_delay();
+                tracing::error!(
+                    pause_ms = delay.as_millis() as u64,
+                    "a failure hits every job alike; pausing consumption"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return SessionEnd::Shutdown,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                tracing::info!("resuming consumption after the pause");
+            }
+        }
+    }
+}
+
+enum Stop {
+    Shutdown,
+    Lost,
+    Pause,
+}
+
+/// Hands each delivery to its own task until something asks to stop.
 async fn take_deliveries(
-    worker: &Arc<Worker>,
+    session: &Arc<Session>,
     mut consumer: Consumer,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Stop {
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return true,
+            () = shutdown.cancelled() => return Stop::Shutdown,
+            () = session.pause.notified() => return Stop::Pause,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    tracker.spawn(process(worker.clone(), delivery));
+                    tracker.spawn(process(session.clone(), delivery));
                 }
                 Some(Err(error)) => {
                     tracing::warn!(%error, "the consumer failed");
-                    return false;
+                    return Stop::Lost;
                 }
-                None => return false,
+                None => return Stop::Lost,
             },
         }
     }
 }
 
-async fn process(worker: Arc<Worker>, delivery: Delivery) {
+/// Waits for the jobs in flight, at most `limit`; those still running then are redelivered later.
+async fn drain(tracker: &TaskTracker, limit: Duration) {
+    tracker.close();
+    if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = tracker.len(),
+            "jobs still running at the time limit; the broker will redeliver them"
+        );
+    }
+}
+
+async fn process(session: Arc<Session>, delivery: Delivery) {
+    let attempt = Attempt::of(&delivery);
+    let requeue_delay = session.worker.config.requeue_delay;
     match Job::decode(&delivery.data) {
         Ok(Job::PasswordReset(job)) => {
             let span = tracing::info_span!("job", job.id = %job.job_id, correlation_id = %job.correlation_id);
             async {
-                let outcome = worker.handle(&job).await;
-                settle(&worker, &delivery, outcome).await;
+                let outcome = session.worker.handle(&job, attempt.number).await;
+                if let JobOutcome::Pause(_) = outcome {
+                    session.pause.notify_one();
+                    // Give the pause a moment to stop the consumer before this job is offered again.
+                    tokio::time::sleep(requeue_delay).await;
+                }
+                settle(
+                    &session.topology,
+                    &session.publisher,
+                    &delivery,
+                    &attempt,
+                    &outcome,
+                    requeue_delay,
+                )
+                .await;
             }
             .instrument(span)
             .await;
@@ -124,54 +231,17 @@ async fn process(worker: Arc<Worker>, delivery: Delivery) {
                 .map(ToString::to_string);
             let span =
                 tracing::info_span!("job", message_id = message_id.as_deref().unwrap_or("-"));
-            settle(&worker, &delivery, JobOutcome::Dead(error.to_string()))
-                .instrument(span)
-                .await;
-        }
-    }
-}
-
-/// The one place where an outcome becomes an ack, a requeue or a dead letter.
-async fn settle(worker: &Worker, delivery: &Delivery, outcome: JobOutcome) {
-    let result = match &outcome {
-        JobOutcome::Sent { message_id } => {
-            tracing::info!(outcome = "sent", message_id = %message_id, "reset email sent");
-            delivery.acker.ack(BasicAckOptions::default()).await
-        }
-        JobOutcome::Skipped(decided) => {
-            tracing::info!(outcome = %decided, "reset job decided; no email sent");
-            delivery.acker.ack(BasicAckOptions::default()).await
-        }
-        JobOutcome::Duplicate(decided) => {
-            tracing::info!(outcome = %decided, "job already handled; acknowledged without a second email");
-            delivery.acker.ack(BasicAckOptions::default()).await
-        }
-        JobOutcome::Retry(error) => {
-            tracing::warn!(outcome = "retry", %error, "reset job failed; it goes back to the queue");
-            tokio::time::sleep(worker.config.requeue_delay).await;
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-        JobOutcome::Dead(error) => {
-            tracing::error!(outcome = "dead", %error, "reset job cannot be delivered; moved to the dead letters");
-            delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-        }
-    };
-    match result {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            "the delivery was already settled or its channel closed; the broker will redeliver it"
-        ),
-        Err(error) => {
-            tracing::warn!(%error, "cannot settle the delivery; the broker will redeliver it")
+            let outcome = JobOutcome::Dead(DeadClass::Malformed, error.to_string());
+            settle(
+                &session.topology,
+                &session.publisher,
+                &delivery,
+                &attempt,
+                &outcome,
+                requeue_delay,
+            )
+            .instrument(span)
+            .await;
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod config;
 pub mod consumer;
 pub mod mailer;
 pub mod reset;
+pub mod settle;
 pub mod templates;
 
 use std::sync::Arc;

@@ -17,6 +17,10 @@ pub enum MailError {
     /// Retrying will not help: 5xx on the recipient or the message.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// Every job would fail alike (authentication rejected, TLS misconfigured, outbox unwritable):
+    /// stop taking jobs for a while rather than burn them.
+    #[error("systemic: {0}")]
+    Systemic(String),
 }
 
 /// The configured transport.
@@ -66,21 +70,34 @@ impl Mailer {
                         "no answer from the SMTP server within {timeout:?}"
                     ))),
                     Ok(Ok(_response)) => Ok(()),
-                    Ok(Err(error)) if error.is_permanent() => {
-                        Err(MailError::Permanent(error.to_string()))
-                    }
-                    Ok(Err(error)) => Err(MailError::Transient(error.to_string())),
+                    Ok(Err(error)) => Err(classify(&error)),
                 }
             }
+            // A full disk or a missing directory is this machine's problem, not the job's.
             Self::Outbox(transport) => {
                 transport
                     .send(message)
                     .await
                     .map(|_id| ())
                     .map_err(|error| {
-                        MailError::Transient(format!("cannot write to the outbox: {error}"))
+                        MailError::Systemic(format!("cannot write to the outbox: {error}"))
                     })
             }
         }
+    }
+}
+
+/// The one place where an SMTP failure gets its class.
+pub fn classify(error: &lettre::transport::smtp::Error) -> MailError {
+    let code = error.status().map(u16::from);
+    let text = error.to_string();
+    match code {
+        // Authentication required, too weak, rejected, or needing encryption: the configuration
+        // is wrong for every job alike.
+        Some(530 | 534 | 535 | 538) => MailError::Systemic(text),
+        _ if error.is_tls() || error.is_client() => MailError::Systemic(text),
+        _ if error.is_permanent() => MailError::Permanent(text),
+        // 4xx, timeouts, refused or dropped connections, garbled replies: worth another try.
+        _ => MailError::Transient(text),
     }
 }

@@ -25,7 +25,30 @@ use crate::{
     templates::{ResetEmailContext, valid_for},
 };
 
-/// What became of a job; one place ([`crate::consumer`]) turns it into ack, requeue or dead letter.
+/// Why a job is dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadClass {
+    /// The mail server refused it for good (5xx), or the account's address cannot be mailed.
+    Permanent,
+    /// Transient failures outlasted every retry step.
+    Exhausted,
+    /// The message is not a job this worker understands.
+    Malformed,
+}
+
+impl DeadClass {
+    /// The value of the `x-resetmail-error-class` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::Exhausted => "exhausted",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// What became of a job; one place ([`crate::settle`]) turns it into an ack, a retry copy, a dead
+/// letter or a requeue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
     /// The email was accepted by the mail server.
@@ -37,22 +60,36 @@ pub enum JobOutcome {
     Skipped(Outcome),
     /// Already decided by an earlier delivery of the same job; nothing was done.
     Duplicate(Outcome),
-    /// Failed in a way that may pass; the job goes back to the queue.
+    /// Failed in a way that may pass; the job waits in the next retry step.
     Retry(String),
     /// Failed for good; the job goes to the dead letters.
-    Dead(String),
+    Dead(DeadClass, String),
+    /// Every job would fail alike now (database down, SMTP credentials rejected): the job goes back
+    /// to the queue untouched and the worker stops taking jobs for a while.
+    Pause(String),
+}
+
+impl JobOutcome {
+    /// The error behind a failed outcome.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Self::Retry(text) | Self::Dead(_, text) | Self::Pause(text) => Some(text),
+            Self::Sent { .. } | Self::Skipped(_) | Self::Duplicate(_) => None,
+        }
+    }
 }
 
 impl Worker {
-    /// Handles one job. Never panics; failures become [`JobOutcome::Retry`] or [`JobOutcome::Dead`].
-    pub async fn handle(&self, job: &PasswordResetJob) -> JobOutcome {
-        match self.try_handle(job).await {
+    /// Handles attempt number `attempt` (from 1) of a job. Never panics: a failure of the database
+    /// becomes [`JobOutcome::Pause`], one of the mail server the outcome its class calls for.
+    pub async fn handle(&self, job: &PasswordResetJob, attempt: u32) -> JobOutcome {
+        match self.try_handle(job, attempt).await {
             Ok(outcome) => outcome,
-            Err(error) => JobOutcome::Retry(format!("{error:#}")),
+            Err(error) => JobOutcome::Pause(format!("{error:#}")),
         }
     }
 
-    async fn try_handle(&self, job: &PasswordResetJob) -> anyhow::Result<JobOutcome> {
+    async fn try_handle(&self, job: &PasswordResetJob, attempt: u32) -> anyhow::Result<JobOutcome> {
         let mut tx = self
             .pool
             .begin()
@@ -65,7 +102,10 @@ impl Worker {
             tx.commit().await?;
             return Ok(JobOutcome::Duplicate(claim.outcome));
         }
-        if OffsetDateTime::now_utc() - job.requested_at > self.config.job_max_age {
+        // Only a job that waited too long before its first attempt is stale; retries take their time.
+        if claim.attempts == 1
+            && OffsetDateTime::now_utc() - job.requested_at > self.config.job_max_age
+        {
             return decide(tx, job, None, Outcome::Expired).await;
         }
         let user = match users::find_for_update(&mut *tx, &job.email.match_key()).await? {
@@ -103,21 +143,22 @@ impl Worker {
             Err(error) => {
                 // The email never left: its token must never work.
                 tokens::revoke(&mut *tx, token_id).await?;
-                let permanent = matches!(error, MailError::Permanent(_));
-                deliveries::record_failure(
-                    &mut *tx,
-                    job.job_id,
-                    Some(user.id),
-                    &error.to_string(),
-                    permanent,
-                )
-                .await?;
+                let retry_steps = self.config.broker.retry_delays.0.len();
+                let (give_up, outcome) = match error {
+                    MailError::Permanent(text) => {
+                        (true, JobOutcome::Dead(DeadClass::Permanent, text))
+                    }
+                    MailError::Transient(text) if attempt as usize > retry_steps => {
+                        (true, JobOutcome::Dead(DeadClass::Exhausted, text))
+                    }
+                    MailError::Transient(text) => (false, JobOutcome::Retry(text)),
+                    MailError::Systemic(text) => (false, JobOutcome::Pause(text)),
+                };
+                let text = outcome.error().unwrap_or_default();
+                deliveries::record_failure(&mut *tx, job.job_id, Some(user.id), text, give_up)
+                    .await?;
                 tx.commit().await?;
-                Ok(if permanent {
-                    JobOutcome::Dead(error.to_string())
-                } else {
-                    JobOutcome::Retry(error.to_string())
-                })
+                Ok(outcome)
             }
         }
     }

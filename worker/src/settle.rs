@@ -1,0 +1,263 @@
+//! The one place where a job's outcome becomes broker actions: an ack; a retry copy in the next delay
+//! queue; a dead letter with headers that say why; or a requeue while the worker pauses. Copies are
+//! published with a confirm before the original is acked, so a crash in between duplicates a message
+//! (which the delivery table absorbs) but never loses one.
+
+use lapin::{
+    BasicProperties, Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use resetmail_shared::topology::{Topology, headers};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::reset::{DeadClass, JobOutcome};
+
+/// Which attempt a delivery is, read from the headers earlier attempts left on it.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// When the first attempt was made (RFC 3339).
+    pub first_at: String,
+}
+
+impl Attempt {
+    /// Reads the attempt headers of `delivery`; a delivery without them is a first attempt.
+    pub fn of(delivery: &Delivery) -> Self {
+        let table = delivery.properties.headers().as_ref();
+        let previous = table
+            .and_then(|table| header_int(table, headers::ATTEMPTS))
+            .unwrap_or(0);
+        let first_at = table.and_then(|table| header_str(table, headers::FIRST_ATTEMPT_AT));
+        Self {
+            number: u32::try_from(previous)
+                .unwrap_or(u32::MAX - 1)
+                .saturating_add(1)
+                .max(1),
+            first_at: first_at.unwrap_or_else(now),
+        }
+    }
+}
+
+/// Carries out `outcome` for `delivery`, publishing copies on the confirm-mode `publisher` channel.
+pub async fn settle(
+    topology: &Topology,
+    publisher: &Channel,
+    delivery: &Delivery,
+    attempt: &Attempt,
+    outcome: &JobOutcome,
+    requeue_delay: std::time::Duration,
+) {
+    let settled = match outcome {
+        JobOutcome::Sent { message_id } => {
+            tracing::info!(outcome = "sent", message_id = %message_id, attempt = attempt.number, "reset email sent");
+            ack(delivery).await
+        }
+        JobOutcome::Skipped(decided) => {
+            tracing::info!(outcome = %decided, "reset job decided; no email sent");
+            ack(delivery).await
+        }
+        JobOutcome::Duplicate(decided) => {
+            tracing::info!(outcome = %decided, "job already handled; acknowledged without a second email");
+            ack(delivery).await
+        }
+        JobOutcome::Retry(error) => {
+            let step = attempt.number.saturating_sub(1) as usize;
+            match topology.retry_queue(step) {
+                Some((queue, delay)) => {
+                    tracing::warn!(outcome = "retry", attempt = attempt.number, retry_in_ms = delay.as_millis() as u64, %error, "reset email failed; it will be retried");
+                    let copy = with_headers(delivery, attempt, error, None);
+                    match publish(publisher, "", &queue, delivery, copy).await {
+                        Ok(()) => ack(delivery).await,
+                        Err(publish_error) => {
+                            tracing::warn!(error = %publish_error, "cannot queue the retry; the job goes back to the work queue");
+                            tokio::time::sleep(requeue_delay).await;
+                            requeue(delivery).await
+                        }
+                    }
+                }
+                // Only reachable when the delays changed between attempts: treat as exhausted.
+                None => {
+                    dead_letter(
+                        topology,
+                        publisher,
+                        delivery,
+                        attempt,
+                        DeadClass::Exhausted,
+                        error,
+                    )
+                    .await
+                }
+            }
+        }
+        JobOutcome::Dead(class, error) => {
+            dead_letter(topology, publisher, delivery, attempt, *class, error).await
+        }
+        JobOutcome::Pause(error) => {
+            tracing::error!(outcome = "paused", %error, "the job cannot be handled now; it goes back to the queue");
+            requeue(delivery).await
+        }
+    };
+    match settled {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "the delivery was already settled or its channel closed; the broker will redeliver it"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "cannot settle the delivery; the broker will redeliver it")
+        }
+    }
+}
+
+async fn dead_letter(
+    topology: &Topology,
+    publisher: &Channel,
+    delivery: &Delivery,
+    attempt: &Attempt,
+    class: DeadClass,
+    error: &str,
+) -> lapin::Result<bool> {
+    tracing::error!(outcome = "dead", error.class = class.as_str(), attempt = attempt.number, %error, "reset job moved to the dead letters");
+    let copy = with_headers(
+        delivery,
+        attempt,
+        error,
+        Some((class, &topology.work_queue())),
+    );
+    match publish(
+        publisher,
+        &topology.dead_letter_exchange(),
+        &topology.work_queue(),
+        delivery,
+        copy,
+    )
+    .await
+    {
+        Ok(()) => ack(delivery).await,
+        Err(publish_error) => {
+            // The work queue dead-letters what it rejects, so the job still reaches the dead letters,
+            // with the broker's x-death headers instead of ours.
+            tracing::warn!(error = %publish_error, "cannot publish the dead letter; rejecting it to the dead-letter exchange instead");
+            delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) -> lapin::Result<bool> {
+    delivery.acker.ack(BasicAckOptions::default()).await
+}
+
+async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {
+    delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await
+}
+
+/// Why a copy was not published.
+#[derive(Debug, thiserror::Error)]
+enum PublishError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused the message")]
+    Refused,
+}
+
+async fn publish(
+    publisher: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    delivery: &Delivery,
+    properties: BasicProperties,
+) -> Result<(), PublishError> {
+    let confirmation = publisher
+        .basic_publish(
+            ShortString::from(exchange),
+            ShortString::from(routing_key),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &delivery.data,
+            properties,
+        )
+        .await?
+        .await?;
+    if confirmation.is_ack() && confirmation.take_message().is_none() {
+        Ok(())
+    } else {
+        Err(PublishError::Refused)
+    }
+}
+
+/// The delivery's properties with the attempt headers (and, for a dead letter, why).
+fn with_headers(
+    delivery: &Delivery,
+    attempt: &Attempt,
+    error: &str,
+    dead: Option<(DeadClass, &str)>,
+) -> BasicProperties {
+    let mut table = delivery.properties.headers().clone().unwrap_or_default();
+    let mut put = |key: &str, value: AMQPValue| {
+        table.insert(ShortString::from(key), value);
+    };
+    put(
+        headers::ATTEMPTS,
+        AMQPValue::LongLongInt(i64::from(attempt.number)),
+    );
+    put(headers::FIRST_ATTEMPT_AT, long_string(&attempt.first_at));
+    put(headers::LAST_ATTEMPT_AT, long_string(&now()));
+    put(headers::LAST_ERROR, long_string(&truncate(error, 1000)));
+    if let Some((class, routing_key)) = dead {
+        put(headers::ERROR_CLASS, long_string(class.as_str()));
+        put(headers::ORIGINAL_ROUTING_KEY, long_string(routing_key));
+    }
+    delivery
+        .properties
+        .clone()
+        .with_headers(table)
+        .with_delivery_mode(2)
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn header_int(table: &FieldTable, key: &str) -> Option<i64> {
+    match table.inner().get(key)? {
+        AMQPValue::LongLongInt(value) => Some(*value),
+        AMQPValue::LongInt(value) => Some(i64::from(*value)),
+        AMQPValue::LongUInt(value) => Some(i64::from(*value)),
+        AMQPValue::ShortInt(value) => Some(i64::from(*value)),
+        AMQPValue::ShortUInt(value) => Some(i64::from(*value)),
+        _ => None,
+    }
+}
+
+fn header_str(table: &FieldTable, key: &str) -> Option<String> {
+    match table.inner().get(key)? {
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn now() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
