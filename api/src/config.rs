@@ -27,6 +27,9 @@ pub struct ApiConfig {
     /// Adds internal error details (`error`) to answers; never in production.
     #[arg(long = "debug", env = "RESETMAIL_DEBUG", default_value_t = false)]
     pub debug: bool,
+    /// On SIGTERM, how long requests in flight may take before the api stops anyway.
+    #[arg(long = "shutdown-timeout", env = "RESETMAIL_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]

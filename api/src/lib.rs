@@ -93,12 +93,24 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Resu
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
     tracing::info!(http.addr = %config.http_addr, base_path = %config.base_path, "resetmail-api listening");
+    let limit = config.shutdown_timeout;
     let state = AppState {
         config: Arc::new(config),
         pool,
         publisher,
     };
-    let served = serve(listener, state, shutdown).await;
+    let served = serve(listener, state, shutdown.clone());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(limit).await;
+    };
+    let result = tokio::select! {
+        result = served => result,
+        () = deadline => {
+            tracing::warn!(limit_ms = limit.as_millis() as u64, "requests still in flight at the shutdown time limit; stopping anyway");
+            Ok(())
+        }
+    };
     publisher_shutdown.cancel();
-    served
+    result
 }

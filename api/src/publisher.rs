@@ -144,7 +144,8 @@ impl Publisher {
                     let lost = self.watch(&connection, &channel, &shutdown).await;
                     self.set_current(None);
                     // Closing a connection that is already gone fails; nothing more to do then.
-                    let _ = connection.close(200, "closing".into()).await;
+                    let close = connection.close(200, "closing".into());
+                    let _ = tokio::time::timeout(amqp::CONNECT_TIMEOUT, close).await;
                     if !lost {
                         return;
                     }
@@ -160,7 +161,8 @@ impl Publisher {
     }
 
     async fn open(&self, url: &str) -> anyhow::Result<(Connection, Channel)> {
-        let connection = amqp::connect(url, "resetmail-api").await?;
+        let connection =
+            amqp::connect(url, &self.inner.topology.connection_name("resetmail-api")).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

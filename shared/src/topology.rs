@@ -32,6 +32,12 @@ impl Topology {
         }
     }
 
+    /// The name an AMQP connection of `program` shows in the broker (and its UI): the program and the
+    /// queue prefix, so operators can tell deployments apart.
+    pub fn connection_name(&self, program: &str) -> String {
+        format!("{program} ({})", self.prefix)
+    }
+
     /// The durable queue jobs are published to and consumed from.
     pub fn work_queue(&self) -> String {
         format!("{}.jobs", self.prefix)

@@ -78,6 +78,7 @@ pub struct TestWorker {
 impl TestWorker {
     /// Starts a worker with `config`.
     pub fn start(config: WorkerConfig) -> TestWorker {
+        resetmail_testkit::init_logs();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(resetmail_worker::run(config, shutdown.clone()));
         TestWorker {

@@ -4,4 +4,5 @@ mod api_broker_outage;
 mod api_reset;
 mod flow;
 mod harness;
+mod outages;
 mod worker_jobs;

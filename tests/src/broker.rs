@@ -88,6 +88,15 @@ impl TestBroker {
 
     /// Messages ready in `queue`.
     pub async fn count(&self, queue: &str) -> u32 {
+        self.inspect(queue).await.message_count()
+    }
+
+    /// Consumers of `queue`.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.inspect(queue).await.consumer_count()
+    }
+
+    async fn inspect(&self, queue: &str) -> lapin::Queue {
         self.channel
             .queue_declare(
                 queue.into(),
@@ -99,7 +108,6 @@ impl TestBroker {
             )
             .await
             .unwrap_or_else(|error| panic!("cannot inspect {queue}: {error}"))
-            .message_count()
     }
 
     /// Takes one message from `queue` (acknowledged), if there is one.
@@ -145,6 +153,42 @@ impl TestBroker {
         })
         .await;
     }
+}
+
+/// Has the broker close (`rabbitmqctl close_connection`) every connection whose name contains
+/// `fragment`, as an operator or a broker restart would; returns how many it closed.
+pub async fn close_connections_named(fragment: &str) -> usize {
+    let fragment = fragment.to_owned();
+    let closed = tokio::task::spawn_blocking(move || {
+        let listing = std::process::Command::new("rabbitmqctl")
+            .args([
+                "list_connections",
+                "-q",
+                "--no-table-headers",
+                "pid",
+                "client_properties",
+            ])
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run rabbitmqctl: {error}"));
+        let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+        let pids: Vec<String> = listing
+            .lines()
+            .filter(|line| line.contains(&fragment))
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect();
+        for pid in &pids {
+            let status = std::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "closed by a resetmail test"])
+                .status()
+                .unwrap_or_else(|error| panic!("cannot run rabbitmqctl: {error}"));
+            assert!(
+                status.success(),
+                "rabbitmqctl close_connection {pid} failed"
+            );
+        }
+        pids.len()
+    });
+    closed.await.unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// A header of a message as text (strings as they are, numbers in decimal).

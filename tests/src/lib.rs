@@ -9,6 +9,16 @@ pub mod smtp_sink;
 
 use std::{future::Future, time::Duration};
 
+/// Sends the code under test's logs to the test's output when `RUST_LOG` asks for them.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+}
+
 /// How long tests wait for something that should happen soon; generous for a loaded CI machine.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 

@@ -58,7 +58,8 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
                 });
                 let end = run_session(&session, &channel, &tracker, &shutdown).await;
                 if let SessionEnd::Shutdown = end {
-                    let _ = connection.close(200, "worker shutting down".into()).await;
+                    let close = connection.close(200, "worker shutting down".into());
+                    let _ = tokio::time::timeout(amqp::CONNECT_TIMEOUT, close).await;
                     tracing::info!("worker stopped");
                     return;
                 }
@@ -80,7 +81,11 @@ async fn open(
     worker: &Worker,
     topology: &Topology,
 ) -> anyhow::Result<(Connection, Channel, Channel)> {
-    let connection = amqp::connect(&worker.config.broker.url, "resetmail-worker").await?;
+    let connection = amqp::connect(
+        &worker.config.broker.url,
+        &topology.connection_name("resetmail-worker"),
+    )
+    .await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
     channel
@@ -124,9 +129,8 @@ async fn run_session(
         tracing::info!(queue = %session.topology.work_queue(), concurrency = config.concurrency, "consuming jobs");
         let stop = take_deliveries(session, consumer, tracker, shutdown).await;
         // Whatever the reason, take no new deliveries; those in flight still settle on this connection.
-        let _ = channel
-            .basic_cancel(tag, BasicCancelOptions::default())
-            .await;
+        let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
+        let _ = tokio::time::timeout(amqp::CONNECT_TIMEOUT, cancel).await;
         match stop {
             Stop::Lost => return SessionEnd::Lost,
             Stop::Shutdown => {

@@ -14,6 +14,9 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::reset::{DeadClass, JobOutcome};
 
+/// Longest wait for the broker to take an ack, a nack or a confirmed copy.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Which attempt a delivery is, read from the headers earlier attempts left on it.
 #[derive(Clone, Debug)]
 pub struct Attempt {
@@ -50,55 +53,65 @@ pub async fn settle(
     outcome: &JobOutcome,
     requeue_delay: std::time::Duration,
 ) {
-    let settled = match outcome {
-        JobOutcome::Sent { message_id } => {
-            tracing::info!(outcome = "sent", message_id = %message_id, attempt = attempt.number, "reset email sent");
-            ack(delivery).await
-        }
-        JobOutcome::Skipped(decided) => {
-            tracing::info!(outcome = %decided, "reset job decided; no email sent");
-            ack(delivery).await
-        }
-        JobOutcome::Duplicate(decided) => {
-            tracing::info!(outcome = %decided, "job already handled; acknowledged without a second email");
-            ack(delivery).await
-        }
-        JobOutcome::Retry(error) => {
-            let step = attempt.number.saturating_sub(1) as usize;
-            match topology.retry_queue(step) {
-                Some((queue, delay)) => {
-                    tracing::warn!(outcome = "retry", attempt = attempt.number, retry_in_ms = delay.as_millis() as u64, %error, "reset email failed; it will be retried");
-                    let copy = with_headers(delivery, attempt, error, None);
-                    match publish(publisher, "", &queue, delivery, copy).await {
-                        Ok(()) => ack(delivery).await,
-                        Err(publish_error) => {
-                            tracing::warn!(error = %publish_error, "cannot queue the retry; the job goes back to the work queue");
-                            tokio::time::sleep(requeue_delay).await;
-                            requeue(delivery).await
+    let settling = async {
+        match outcome {
+            JobOutcome::Sent { message_id } => {
+                tracing::info!(outcome = "sent", message_id = %message_id, attempt = attempt.number, "reset email sent");
+                ack(delivery).await
+            }
+            JobOutcome::Skipped(decided) => {
+                tracing::info!(outcome = %decided, "reset job decided; no email sent");
+                ack(delivery).await
+            }
+            JobOutcome::Duplicate(decided) => {
+                tracing::info!(outcome = %decided, "job already handled; acknowledged without a second email");
+                ack(delivery).await
+            }
+            JobOutcome::Retry(error) => {
+                let step = attempt.number.saturating_sub(1) as usize;
+                match topology.retry_queue(step) {
+                    Some((queue, delay)) => {
+                        tracing::warn!(outcome = "retry", attempt = attempt.number, retry_in_ms = delay.as_millis() as u64, %error, "reset email failed; it will be retried");
+                        let copy = with_headers(delivery, attempt, error, None);
+                        match publish(publisher, "", &queue, delivery, copy).await {
+                            Ok(()) => ack(delivery).await,
+                            Err(publish_error) => {
+                                tracing::warn!(error = %publish_error, "cannot queue the retry; the job goes back to the work queue");
+                                tokio::time::sleep(requeue_delay).await;
+                                requeue(delivery).await
+                            }
                         }
                     }
-                }
-                // Only reachable when the delays changed between attempts: treat as exhausted.
-                None => {
-                    dead_letter(
-                        topology,
-                        publisher,
-                        delivery,
-                        attempt,
-                        DeadClass::Exhausted,
-                        error,
-                    )
-                    .await
+                    // Only reachable when the delays changed between attempts: treat as exhausted.
+                    None => {
+                        dead_letter(
+                            topology,
+                            publisher,
+                            delivery,
+                            attempt,
+                            DeadClass::Exhausted,
+                            error,
+                        )
+                        .await
+                    }
                 }
             }
+            JobOutcome::Dead(class, error) => {
+                dead_letter(topology, publisher, delivery, attempt, *class, error).await
+            }
+            JobOutcome::Pause(error) => {
+                tracing::error!(outcome = "paused", %error, "the job cannot be handled now; it goes back to the queue");
+                requeue(delivery).await
+            }
         }
-        JobOutcome::Dead(class, error) => {
-            dead_letter(topology, publisher, delivery, attempt, *class, error).await
-        }
-        JobOutcome::Pause(error) => {
-            tracing::error!(outcome = "paused", %error, "the job cannot be handled now; it goes back to the queue");
-            requeue(delivery).await
-        }
+    };
+    // A broker that vanished mid-operation must not hold this task (and a graceful shutdown) forever.
+    let Ok(settled) = tokio::time::timeout(SETTLE_TIMEOUT, settling).await else {
+        tracing::warn!(
+            timeout_ms = SETTLE_TIMEOUT.as_millis() as u64,
+            "the broker did not answer; it will redeliver the job"
+        );
+        return;
     };
     match settled {
         Ok(true) => {}

@@ -1,0 +1,240 @@
+//! Broker connections lost or closed while work is under way: nothing is lost, nothing is sent twice.
+
+use std::collections::HashMap;
+
+use resetmail_shared::{EmailAddress, Job, PasswordResetJob, db::users::UserStatus};
+use resetmail_testkit::{
+    PATIENCE,
+    broker::{self, TestBroker, close_connections_named},
+    db::TestDb,
+    eventually,
+    proxy::TcpProxy,
+    smtp_sink::SmtpSink,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::harness::{TestApi, TestWorker, worker_config};
+
+const OK: &str = r#"{"code":0,"msg":""}"#;
+
+/// Waits until `n` deliveries say sent.
+async fn sent_rows(db: &TestDb, n: i64) {
+    eventually(&format!("{n} deliveries to say sent"), PATIENCE, || async {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE outcome = 'sent'")
+                .fetch_one(&db.pool)
+                .await
+                .ok()?;
+        (sent == n).then_some(())
+    })
+    .await;
+}
+
+/// How many emails each recipient got.
+fn per_recipient(sink: &SmtpSink) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for mail in sink.received() {
+        *counts.entry(mail.rcpt_to.join(",")).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_worker_that_loses_its_connection_with_jobs_in_flight_loses_none_and_sends_none_twice() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let proxy = TcpProxy::start(broker::server_addr()).await;
+    let first = TestWorker::start(worker_config(
+        &db,
+        &broker.config_via(proxy.port()),
+        &sink,
+        &["--concurrency", "10"],
+    ));
+
+    let total = 30;
+    for n in 0..total {
+        let email = format!("user{n}@example.com");
+        db.add_user(&email, None, None, UserStatus::Active).await;
+        let job = PasswordResetJob {
+            job_id: Uuid::new_v4(),
+            email: EmailAddress::parse(&email).unwrap_or_else(|error| panic!("{error}")),
+            correlation_id: Uuid::new_v4(),
+            requested_at: OffsetDateTime::now_utc(),
+        };
+        broker
+            .publish_raw(
+                &Job::PasswordReset(job.clone()).encode(),
+                Some(&job.job_id.to_string()),
+            )
+            .await;
+    }
+    // Jobs are flowing through the first worker; now its connection dies with deliveries unacked.
+    sink.wait_for(1, PATIENCE).await;
+    proxy.cut();
+    first.stop().await;
+    let second = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+
+    sent_rows(&db, total).await;
+    sink.wait_for(total as usize, PATIENCE).await;
+    let counts = per_recipient(&sink);
+    let twice: Vec<_> = counts.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(twice.is_empty(), "sent twice: {twice:?}");
+    assert_eq!(counts.len(), total as usize);
+    broker
+        .wait_for_count(&broker.topology.work_queue(), 0, PATIENCE)
+        .await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn requests_keep_their_promise_while_the_broker_closes_every_connection() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let api = TestApi::start(&db, &broker.config).await;
+    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+
+    // The worker is consuming once the first email arrives.
+    db.add_user("first@example.com", None, None, UserStatus::Active)
+        .await;
+    assert_eq!(
+        api.post_reset(r#"{"email":"first@example.com"}"#)
+            .await
+            .text,
+        OK
+    );
+    sink.wait_for(1, PATIENCE).await;
+
+    let prefix = broker.config.queue_prefix.clone();
+    let closer = tokio::spawn(async move { close_connections_named(&prefix).await });
+    let mut accepted = vec!["first@example.com".to_owned()];
+    let mut refused = 0;
+    let mut after_close = 0;
+    for n in 0.. {
+        let email = format!("user{n}@example.com");
+        db.add_user(&email, None, None, UserStatus::Active).await;
+        let answer = api.post_reset(&format!(r#"{{"email":"{email}"}}"#)).await;
+        if answer.text == OK {
+            accepted.push(email);
+        } else {
+            assert_eq!(
+                (answer.status, answer.json["code"].as_i64()),
+                (503, Some(40028)),
+                "{}",
+                answer.text
+            );
+            refused += 1;
+        }
+        if closer.is_finished() {
+            after_close += 1;
+            if after_close == 20 {
+                break;
+            }
+        }
+    }
+    let closed = closer.await.unwrap_or_else(|error| panic!("{error}"));
+    assert!(
+        closed >= 2,
+        "the broker closed {closed} connections; expected the api's and the worker's"
+    );
+
+    // Requests answered 503 meanwhile must be answered 0 again once the api has reconnected.
+    let late = eventually("the api to accept requests again", PATIENCE, || async {
+        let email = format!("late-{}@example.com", Uuid::new_v4().simple());
+        db.add_user(&email, None, None, UserStatus::Active).await;
+        let answer = api.post_reset(&format!(r#"{{"email":"{email}"}}"#)).await;
+        (answer.text == OK).then_some(email)
+    })
+    .await;
+    accepted.push(late);
+
+    // Every request answered code 0 ends in exactly one email. (A request answered 503 may still
+    // have reached the queue before the connection closed: it then gets its email too.)
+    let counts = eventually("an email for every accepted request", PATIENCE, || async {
+        let counts = per_recipient(&sink);
+        accepted
+            .iter()
+            .all(|email| counts.contains_key(email))
+            .then_some(counts)
+    })
+    .await;
+    for email in &accepted {
+        assert_eq!(
+            counts.get(email),
+            Some(&1),
+            "{email} (after {refused} refusals)"
+        );
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(twice.is_empty(), "sent twice: {twice:?}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_worker_pauses_while_the_database_is_unreachable_and_resumes_by_itself() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let proxy = TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 5432))).await;
+    let mut config = worker_config(
+        &db,
+        &broker.config,
+        &sink,
+        &["--pause-min", "100ms", "--pause-max", "500ms"],
+    );
+    config.database.url = db
+        .config
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port()));
+    assert_ne!(
+        config.database.url, db.config.url,
+        "the worker must reach the database through the proxy"
+    );
+    let worker = TestWorker::start(config);
+    for email in ["before@example.com", "during@example.com"] {
+        db.add_user(email, None, None, UserStatus::Active).await;
+    }
+    let publish = |email: &'static str| {
+        let job = PasswordResetJob {
+            job_id: Uuid::new_v4(),
+            email: EmailAddress::parse(email).unwrap_or_else(|error| panic!("{error}")),
+            correlation_id: Uuid::new_v4(),
+            requested_at: OffsetDateTime::now_utc(),
+        };
+        let broker = &broker;
+        async move {
+            broker
+                .publish_raw(
+                    &Job::PasswordReset(job.clone()).encode(),
+                    Some(&job.job_id.to_string()),
+                )
+                .await
+        }
+    };
+
+    publish("before@example.com").await;
+    sink.wait_for(1, PATIENCE).await;
+    sent_rows(&db, 1).await;
+
+    proxy.cut();
+    publish("during@example.com").await;
+    // The job cannot be handled: the worker stops consuming, and the job waits in the work queue,
+    // neither sent nor dead-lettered.
+    let work_queue = broker.topology.work_queue();
+    eventually("the worker to pause its consumer", PATIENCE, || async {
+        (broker.consumers(&work_queue).await == 0).then_some(())
+    })
+    .await;
+    broker.wait_for_count(&work_queue, 1, PATIENCE).await;
+    assert_eq!(broker.count(&broker.topology.dead_letter_queue()).await, 0);
+    assert_eq!(sink.received().len(), 1);
+
+    proxy.restore();
+    sink.wait_for(2, PATIENCE).await;
+    sent_rows(&db, 2).await;
+    assert_eq!(per_recipient(&sink).get("during@example.com"), Some(&1));
+    assert_eq!(broker.count(&broker.topology.dead_letter_queue()).await, 0);
+    worker.stop().await;
+}
