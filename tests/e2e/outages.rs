@@ -238,3 +238,105 @@ async fn the_worker_pauses_while_the_database_is_unreachable_and_resumes_by_itse
     assert_eq!(broker.count(&broker.topology.dead_letter_queue()).await, 0);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_stopping_worker_finishes_what_it_took_and_leaves_the_rest_queued() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let first = TestWorker::start(worker_config(
+        &db,
+        &broker.config,
+        &sink,
+        &["--concurrency", "4"],
+    ));
+    let total = 40;
+    for n in 0..total {
+        let email = format!("user{n}@example.com");
+        db.add_user(&email, None, None, UserStatus::Active).await;
+        let job = PasswordResetJob {
+            job_id: Uuid::new_v4(),
+            email: EmailAddress::parse(&email).unwrap_or_else(|error| panic!("{error}")),
+            correlation_id: Uuid::new_v4(),
+            requested_at: OffsetDateTime::now_utc(),
+        };
+        broker
+            .publish_raw(
+                &Job::PasswordReset(job.clone()).encode(),
+                Some(&job.job_id.to_string()),
+            )
+            .await;
+    }
+    sink.wait_for(1, PATIENCE).await;
+    first.stop().await;
+
+    // Stopped: whatever it took was sent and acked; the rest waits in the queue, nothing in between.
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE outcome = 'sent'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE outcome <> 'sent'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(pending, 0, "a job was left half done");
+    assert!(
+        sent < total,
+        "every job was done before the stop: the test proves nothing"
+    );
+    assert_eq!(sink.received().len() as i64, sent);
+    broker
+        .wait_for_count(
+            &broker.topology.work_queue(),
+            (total - sent) as u32,
+            PATIENCE,
+        )
+        .await;
+
+    let second = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    sent_rows(&db, total).await;
+    let counts = per_recipient(&sink);
+    assert_eq!(counts.len(), total as usize);
+    assert!(counts.values().all(|count| *count == 1), "{counts:?}");
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_quorum_work_queue_with_its_delivery_limit_carries_jobs_too() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::quorum().await;
+    let declared = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "type",
+            "arguments",
+        ])
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run rabbitmqctl: {error}"));
+    let listing = String::from_utf8_lossy(&declared.stdout).into_owned();
+    let work = listing
+        .lines()
+        .find(|line| line.starts_with(&format!("{}\t", broker.topology.work_queue())))
+        .unwrap_or_else(|| panic!("no work queue in:\n{listing}"));
+    assert!(
+        work.contains("quorum") && work.contains("x-delivery-limit"),
+        "{work}"
+    );
+    let sink = SmtpSink::start().await;
+    let api = TestApi::start(&db, &broker.config).await;
+    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+
+    assert_eq!(
+        api.post_reset(r#"{"email":"jane@example.com"}"#).await.text,
+        OK
+    );
+    sink.wait_for(1, PATIENCE).await;
+    sent_rows(&db, 1).await;
+    worker.stop().await;
+}

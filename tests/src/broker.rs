@@ -29,6 +29,15 @@ pub fn server_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5672))
 }
 
+fn config(delays: &str, queue_type: QueueType) -> BrokerConfig {
+    BrokerConfig {
+        url: server_url(),
+        queue_prefix: format!("test-{}", Uuid::new_v4().simple()),
+        queue_type,
+        retry_delays: RetryDelays::parse(delays).unwrap_or_else(|error| panic!("{error}")),
+    }
+}
+
 /// A unique prefix on the real broker, with a connection for the test's own inspections.
 pub struct TestBroker {
     /// The configuration for the code under test.
@@ -48,12 +57,15 @@ impl TestBroker {
 
     /// A new prefix whose retry steps wait `delays` (as `RESETMAIL_RETRY_DELAYS` writes them).
     pub async fn with_retry_delays(delays: &str) -> TestBroker {
-        let config = BrokerConfig {
-            url: server_url(),
-            queue_prefix: format!("test-{}", Uuid::new_v4().simple()),
-            queue_type: QueueType::Classic,
-            retry_delays: RetryDelays::parse(delays).unwrap_or_else(|error| panic!("{error}")),
-        };
+        Self::with_config(config(delays, QueueType::Classic)).await
+    }
+
+    /// A new prefix with a quorum work queue.
+    pub async fn quorum() -> TestBroker {
+        Self::with_config(config("100ms,100ms,100ms,100ms,100ms", QueueType::Quorum)).await
+    }
+
+    async fn with_config(config: BrokerConfig) -> TestBroker {
         let topology = Topology::new(&config);
         let connection = amqp::connect(&config.url, "resetmail-test")
             .await
