@@ -6,10 +6,7 @@ use resetmail_testkit::{
 };
 use uuid::Uuid;
 
-use crate::{
-    harness::{SITE_NAME, SITE_URL, TestApi, TestWorker, worker_config},
-    worker_jobs::decided,
-};
+use crate::harness::{SITE_NAME, SITE_URL, TestApi, TestWorker, decided, worker_config};
 
 const OK: &str = r#"{"code":0,"msg":""}"#;
 

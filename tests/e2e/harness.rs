@@ -5,13 +5,19 @@ use std::{sync::Arc, time::Duration};
 
 use clap::Parser as _;
 use resetmail_api::{AppState, config::ApiConfig, publisher::Publisher};
-use resetmail_shared::config::BrokerConfig;
+use resetmail_shared::{
+    EmailAddress, Job, PasswordResetJob,
+    config::BrokerConfig,
+    db::deliveries::{self, Delivery},
+};
 use resetmail_testkit::{
     PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
 };
 use resetmail_worker::config::WorkerConfig;
+use time::OffsetDateTime;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// The site the worker's links point to in tests.
 pub const SITE_URL: &str = "https://cloud.example.com";
@@ -216,4 +222,40 @@ pub async fn setup_api() -> (TestDb, TestBroker, TestApi) {
     let broker = TestBroker::new().await;
     let api = TestApi::start(&db, &broker.config).await;
     (db, broker, api)
+}
+
+/// A job for `email`, requested now.
+pub fn job_for(email: &str) -> PasswordResetJob {
+    PasswordResetJob {
+        job_id: Uuid::new_v4(),
+        email: EmailAddress::parse(email).unwrap_or_else(|error| panic!("{email}: {error}")),
+        correlation_id: Uuid::new_v4(),
+        requested_at: OffsetDateTime::now_utc(),
+    }
+}
+
+/// Publishes `job` straight to the work queue, as the api would.
+pub async fn publish(broker: &TestBroker, job: &PasswordResetJob) {
+    broker
+        .publish_raw(
+            &Job::PasswordReset(job.clone()).encode(),
+            Some(&job.job_id.to_string()),
+        )
+        .await;
+}
+
+/// Waits until the job's outcome is final.
+pub async fn decided(db: &TestDb, job_id: Uuid) -> Delivery {
+    eventually(
+        &format!("a final outcome for job {job_id}"),
+        PATIENCE,
+        || async {
+            deliveries::find(&db.pool, job_id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|row| row.outcome != "pending")
+        },
+    )
+    .await
 }

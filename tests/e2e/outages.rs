@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use resetmail_shared::{EmailAddress, Job, PasswordResetJob, db::users::UserStatus};
+use resetmail_shared::db::users::UserStatus;
 use resetmail_testkit::{
     PATIENCE,
     broker::{self, TestBroker, close_connections_named},
@@ -11,10 +11,9 @@ use resetmail_testkit::{
     proxy::TcpProxy,
     smtp_sink::SmtpSink,
 };
-use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::harness::{TestApi, TestWorker, worker_config};
+use crate::harness::{TestApi, TestWorker, job_for, publish, worker_config};
 
 const OK: &str = r#"{"code":0,"msg":""}"#;
 
@@ -57,18 +56,7 @@ async fn a_worker_that_loses_its_connection_with_jobs_in_flight_loses_none_and_s
     for n in 0..total {
         let email = format!("user{n}@example.com");
         db.add_user(&email, None, None, UserStatus::Active).await;
-        let job = PasswordResetJob {
-            job_id: Uuid::new_v4(),
-            email: EmailAddress::parse(&email).unwrap_or_else(|error| panic!("{error}")),
-            correlation_id: Uuid::new_v4(),
-            requested_at: OffsetDateTime::now_utc(),
-        };
-        broker
-            .publish_raw(
-                &Job::PasswordReset(job.clone()).encode(),
-                Some(&job.job_id.to_string()),
-            )
-            .await;
+        publish(&broker, &job_for(&email)).await;
     }
     // Jobs are flowing through the first worker; now its connection dies with deliveries unacked.
     sink.wait_for(1, PATIENCE).await;
@@ -196,30 +184,12 @@ async fn the_worker_pauses_while_the_database_is_unreachable_and_resumes_by_itse
     for email in ["before@example.com", "during@example.com"] {
         db.add_user(email, None, None, UserStatus::Active).await;
     }
-    let publish = |email: &'static str| {
-        let job = PasswordResetJob {
-            job_id: Uuid::new_v4(),
-            email: EmailAddress::parse(email).unwrap_or_else(|error| panic!("{error}")),
-            correlation_id: Uuid::new_v4(),
-            requested_at: OffsetDateTime::now_utc(),
-        };
-        let broker = &broker;
-        async move {
-            broker
-                .publish_raw(
-                    &Job::PasswordReset(job.clone()).encode(),
-                    Some(&job.job_id.to_string()),
-                )
-                .await
-        }
-    };
-
-    publish("before@example.com").await;
+    publish(&broker, &job_for("before@example.com")).await;
     sink.wait_for(1, PATIENCE).await;
     sent_rows(&db, 1).await;
 
     proxy.cut();
-    publish("during@example.com").await;
+    publish(&broker, &job_for("during@example.com")).await;
     // The job cannot be handled: the worker stops consuming, and the job waits in the work queue,
     // neither sent nor dead-lettered.
     let work_queue = broker.topology.work_queue();
@@ -254,18 +224,7 @@ async fn a_stopping_worker_finishes_what_it_took_and_leaves_the_rest_queued() {
     for n in 0..total {
         let email = format!("user{n}@example.com");
         db.add_user(&email, None, None, UserStatus::Active).await;
-        let job = PasswordResetJob {
-            job_id: Uuid::new_v4(),
-            email: EmailAddress::parse(&email).unwrap_or_else(|error| panic!("{error}")),
-            correlation_id: Uuid::new_v4(),
-            requested_at: OffsetDateTime::now_utc(),
-        };
-        broker
-            .publish_raw(
-                &Job::PasswordReset(job.clone()).encode(),
-                Some(&job.job_id.to_string()),
-            )
-            .await;
+        publish(&broker, &job_for(&email)).await;
     }
     sink.wait_for(1, PATIENCE).await;
     first.stop().await;

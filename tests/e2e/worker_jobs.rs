@@ -2,13 +2,7 @@
 //! failures of the mail server and of the message itself.
 
 use resetmail_shared::topology::headers;
-use resetmail_shared::{
-    EmailAddress, Job, PasswordResetJob,
-    db::{
-        deliveries::{self, Delivery},
-        users::UserStatus,
-    },
-};
+use resetmail_shared::{Job, db::users::UserStatus};
 use resetmail_testkit::{
     PATIENCE,
     broker::{TestBroker, header},
@@ -16,44 +10,9 @@ use resetmail_testkit::{
     eventually,
     smtp_sink::SmtpSink,
 };
-use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::harness::{SITE_NAME, TestWorker, worker_config};
-
-fn job_for(email: &str) -> PasswordResetJob {
-    PasswordResetJob {
-        job_id: Uuid::new_v4(),
-        email: EmailAddress::parse(email).unwrap_or_else(|error| panic!("{email}: {error}")),
-        correlation_id: Uuid::new_v4(),
-        requested_at: OffsetDateTime::now_utc(),
-    }
-}
-
-async fn publish(broker: &TestBroker, job: &PasswordResetJob) {
-    broker
-        .publish_raw(
-            &Job::PasswordReset(job.clone()).encode(),
-            Some(&job.job_id.to_string()),
-        )
-        .await;
-}
-
-/// Waits until the job's outcome is final.
-pub async fn decided(db: &TestDb, job_id: Uuid) -> Delivery {
-    eventually(
-        &format!("a final outcome for job {job_id}"),
-        PATIENCE,
-        || async {
-            deliveries::find(&db.pool, job_id)
-                .await
-                .ok()
-                .flatten()
-                .filter(|row| row.outcome != "pending")
-        },
-    )
-    .await
-}
+use crate::harness::{SITE_NAME, TestWorker, decided, job_for, publish, worker_config};
 
 struct Setup {
     db: TestDb,

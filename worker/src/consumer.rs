@@ -204,48 +204,40 @@ async fn drain(tracker: &TaskTracker, limit: Duration) {
 async fn process(session: Arc<Session>, delivery: Delivery) {
     let attempt = Attempt::of(&delivery);
     let requeue_delay = session.worker.config.requeue_delay;
-    match Job::decode(&delivery.data) {
+    let job = Job::decode(&delivery.data);
+    let span = match &job {
         Ok(Job::PasswordReset(job)) => {
-            let span = tracing::info_span!("job", job.id = %job.job_id, correlation_id = %job.correlation_id);
-            async {
-                let outcome = session.worker.handle(&job, attempt.number).await;
-                if let JobOutcome::Pause(_) = outcome {
-                    session.pause.notify_one();
-                    // Give the pause a moment to stop the consumer before this job is offered again.
-                    tokio::time::sleep(requeue_delay).await;
-                }
-                settle(
-                    &session.topology,
-                    &session.publisher,
-                    &delivery,
-                    &attempt,
-                    &outcome,
-                    requeue_delay,
-                )
-                .await;
-            }
-            .instrument(span)
-            .await;
+            tracing::info_span!("job", job.id = %job.job_id, correlation_id = %job.correlation_id)
         }
-        Err(error) => {
+        Err(_) => {
             let message_id = delivery
                 .properties
                 .message_id()
                 .as_ref()
                 .map(ToString::to_string);
-            let span =
-                tracing::info_span!("job", message_id = message_id.as_deref().unwrap_or("-"));
-            let outcome = JobOutcome::Dead(DeadClass::Malformed, error.to_string());
-            settle(
-                &session.topology,
-                &session.publisher,
-                &delivery,
-                &attempt,
-                &outcome,
-                requeue_delay,
-            )
-            .instrument(span)
-            .await;
+            tracing::info_span!("job", message_id = message_id.as_deref().unwrap_or("-"))
         }
+    };
+    async {
+        let outcome = match job {
+            Ok(Job::PasswordReset(job)) => session.worker.handle(&job, attempt.number).await,
+            Err(error) => JobOutcome::Dead(DeadClass::Malformed, error.to_string()),
+        };
+        if let JobOutcome::Pause(_) = outcome {
+            session.pause.notify_one();
+            // Give the pause a moment to stop the consumer before this job is offered again.
+            tokio::time::sleep(requeue_delay).await;
+        }
+        settle(
+            &session.topology,
+            &session.publisher,
+            &delivery,
+            &attempt,
+            &outcome,
+            requeue_delay,
+        )
+        .await;
     }
+    .instrument(span)
+    .await;
 }
