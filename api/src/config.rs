@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use crate::captcha::CaptchaConfig;
 use resetmail_shared::config::{BrokerConfig, DatabaseConfig, LogConfig, parse_duration};
 
 /// Everything the api reads from the environment or its flags.
@@ -30,6 +31,8 @@ pub struct ApiConfig {
     /// On SIGTERM, how long requests in flight may take before the api stops anyway.
     #[arg(long = "shutdown-timeout", env = "RESETMAIL_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    #[command(flatten)]
+    pub captcha: CaptchaConfig,
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]

@@ -6,7 +6,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{correlation, envelope::Envelope};
+use crate::{captcha::CaptchaKind, correlation, envelope::Envelope};
+
+/// Cloudreve's message for a failed captcha of each kind.
+fn captcha_message(kind: CaptchaKind) -> &'static str {
+    match kind {
+        CaptchaKind::Recaptcha => "Verification failed, please refresh the page and retry.",
+        CaptchaKind::Turnstile | CaptchaKind::Cap => "Captcha validation failed",
+        CaptchaKind::Off | CaptchaKind::Normal => "CAPTCHA not match.",
+    }
+}
 
 /// A failed request. Business errors are HTTP 200 with a code, as Cloudreve answers them.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +32,9 @@ pub enum ApiError {
     /// 40001, HTTP 413: the body is over the limit.
     #[error("Request body is too large")]
     BodyTooLarge,
+    /// 40026: the captcha was not passed (or its provider could not be asked).
+    #[error("{}", captcha_message(*.0))]
+    Captcha(CaptchaKind, String),
     /// 40028, HTTP 503: the job could not be queued (the broker is unreachable or did not confirm).
     #[error("Failed to send reset email, please try again later")]
     QueueUnavailable(String),
@@ -42,6 +54,7 @@ impl ApiError {
     pub fn code(&self) -> i32 {
         match self {
             Self::Parameter(_) | Self::EmailEmpty | Self::EmailFormat | Self::BodyTooLarge => 40001,
+            Self::Captcha(..) => 40026,
             Self::QueueUnavailable(_) => 40028,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
@@ -52,7 +65,9 @@ impl ApiError {
     /// The HTTP status: 200 for business errors, honest statuses for what proxies must see.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Parameter(_) | Self::EmailEmpty | Self::EmailFormat => StatusCode::OK,
+            Self::Parameter(_) | Self::EmailEmpty | Self::EmailFormat | Self::Captcha(..) => {
+                StatusCode::OK
+            }
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -63,9 +78,10 @@ impl ApiError {
 
     fn detail(&self) -> Option<&str> {
         match self {
-            Self::Parameter(detail) | Self::QueueUnavailable(detail) | Self::Internal(detail) => {
-                Some(detail)
-            }
+            Self::Parameter(detail)
+            | Self::Captcha(_, detail)
+            | Self::QueueUnavailable(detail)
+            | Self::Internal(detail) => Some(detail),
             _ => None,
         }
     }

@@ -1,6 +1,7 @@
 //! resetmail-api: checks a password reset request (captcha, email) and queues a job for the worker,
 //! answering at once with Cloudreve's envelope.
 
+pub mod captcha;
 pub mod commands;
 pub mod config;
 pub mod correlation;
@@ -25,7 +26,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::ApiConfig, error::ApiError, publisher::Publisher};
+use crate::{captcha::Captcha, config::ApiConfig, error::ApiError, publisher::Publisher};
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -36,12 +37,16 @@ pub struct AppState {
     pub pool: PgPool,
     /// Queues jobs.
     pub publisher: Publisher,
+    /// The captcha in force.
+    pub captcha: Arc<Captcha>,
 }
 
 /// The full router: api routes under the base path, health routes at the root.
 pub fn router(state: AppState) -> Router {
     let base = state.config.base_path.trim_end_matches('/').to_owned();
-    let api = Router::new().route("/user/reset", post(routes::reset::send_reset));
+    let api = Router::new()
+        .route("/user/reset", post(routes::reset::send_reset))
+        .route("/site/captcha", get(routes::captcha::get_captcha));
     let api = if base.is_empty() {
         api
     } else {
@@ -81,7 +86,9 @@ pub async fn serve(
 
 /// Runs the api as configured: database (created and migrated), broker publisher, HTTP server.
 pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let captcha = Arc::new(Captcha::from_config(&config.captcha)?);
     let pool = resetmail_shared::db::connect(&config.database).await?;
+    tokio::spawn(prune_captcha_tickets(pool.clone(), shutdown.clone()));
     // The publisher outlives the server's shutdown, so requests in flight can still publish.
     let publisher_shutdown = CancellationToken::new();
     let publisher = Publisher::start(
@@ -98,6 +105,7 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Resu
         config: Arc::new(config),
         pool,
         publisher,
+        captcha,
     };
     let served = serve(listener, state, shutdown.clone());
     let deadline = async {
@@ -113,4 +121,20 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Resu
     };
     publisher_shutdown.cancel();
     result
+}
+
+/// Deletes expired captcha tickets every minute until `shutdown`.
+async fn prune_captcha_tickets(pool: PgPool, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match resetmail_shared::db::captcha_tickets::prune(&pool).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "expired captcha tickets deleted"),
+            Err(error) => tracing::warn!(%error, "cannot prune captcha tickets"),
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser as _;
-use resetmail_api::{AppState, config::ApiConfig, publisher::Publisher};
+use resetmail_api::{AppState, captcha::Captcha, config::ApiConfig, publisher::Publisher};
 use resetmail_shared::{
     EmailAddress, Job, PasswordResetJob,
     config::BrokerConfig,
@@ -37,9 +37,11 @@ fn parse<T: clap::Args>(args: &[&str]) -> T {
         .config
 }
 
-/// The api's configuration, on the test's database and broker.
-pub fn api_config(db: &TestDb, broker: &BrokerConfig) -> ApiConfig {
-    let mut config: ApiConfig = parse(&["resetmail-api", "--publish-timeout", "2s"]);
+/// The api's configuration, on the test's database and broker, with `extra` flags.
+pub fn api_config(db: &TestDb, broker: &BrokerConfig, extra: &[&str]) -> ApiConfig {
+    let mut args = vec!["resetmail-api", "--publish-timeout", "2s"];
+    args.extend_from_slice(extra);
+    let mut config: ApiConfig = parse(&args);
     config.database = db.config.clone();
     config.broker = broker.clone();
     config
@@ -123,7 +125,12 @@ pub struct TestApi {
 impl TestApi {
     /// Serves the api and waits until its publisher is connected.
     pub async fn start(db: &TestDb, broker: &BrokerConfig) -> TestApi {
-        let api = Self::start_unready(db, broker).await;
+        Self::start_with(db, broker, &[]).await
+    }
+
+    /// Serves the api configured with `extra` flags, and waits until its publisher is connected.
+    pub async fn start_with(db: &TestDb, broker: &BrokerConfig, extra: &[&str]) -> TestApi {
+        let api = Self::serve(api_config(db, broker, extra), db).await;
         eventually("the api's broker connection", PATIENCE, || async {
             api.publisher.is_connected().then_some(())
         })
@@ -131,9 +138,13 @@ impl TestApi {
         api
     }
 
-    /// Serves the api without waiting for the broker.
-    pub async fn start_unready(db: &TestDb, broker: &BrokerConfig) -> TestApi {
-        let config = api_config(db, broker);
+    async fn serve(config: ApiConfig, db: &TestDb) -> TestApi {
+        resetmail_testkit::init_logs();
+        // The test's HTTP client uses the same TLS provider as the api's captcha client.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let captcha = Arc::new(
+            Captcha::from_config(&config.captcha).unwrap_or_else(|error| panic!("{error:#}")),
+        );
         let shutdown = CancellationToken::new();
         let publisher = Publisher::start(&config.broker, config.publish_timeout, shutdown.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -149,6 +160,7 @@ impl TestApi {
             config: Arc::new(config),
             pool: db.pool.clone(),
             publisher: publisher.clone(),
+            captcha,
         };
         tokio::spawn(resetmail_api::serve(listener, state, shutdown.clone()));
         let client = reqwest::Client::builder()

@@ -2,6 +2,7 @@
 
 mod api_broker_outage;
 mod api_reset;
+mod captcha;
 mod flow;
 mod harness;
 mod outages;

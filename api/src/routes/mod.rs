@@ -1,4 +1,5 @@
 //! The HTTP routes.
 
+pub mod captcha;
 pub mod health;
 pub mod reset;

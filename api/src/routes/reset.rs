@@ -6,7 +6,14 @@ use resetmail_shared::{EmailAddress, Job, PasswordResetJob, email::EmailError, e
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{AppState, correlation, envelope::Envelope, error::ApiError, extract::Json};
+use crate::{
+    AppState,
+    captcha::{Answer, CaptchaError},
+    correlation,
+    envelope::Envelope,
+    error::ApiError,
+    extract::Json,
+};
 
 /// The body Cloudreve's frontend sends.
 #[derive(Debug, serde::Deserialize)]
@@ -14,13 +21,11 @@ pub struct ResetRequest {
     /// The address to send the link to.
     #[serde(default)]
     email: Option<String>,
-    /// Graphic captcha answer, or a reCAPTCHA token (checked when captcha is enabled).
+    /// Graphic captcha answer, or a reCAPTCHA token.
     #[serde(default)]
-    #[expect(dead_code, reason = "accepted now, checked once captcha support lands")]
     captcha: Option<String>,
-    /// Captcha ticket or provider token.
+    /// Graphic captcha ticket, or a Turnstile / Cap token.
     #[serde(default)]
-    #[expect(dead_code, reason = "accepted now, checked once captcha support lands")]
     ticket: Option<String>,
 }
 
@@ -35,6 +40,21 @@ pub async fn send_reset(
                 EmailError::Empty => ApiError::EmailEmpty,
                 EmailError::Format => ApiError::EmailFormat,
             }
+        })?;
+    // Checked before anything is published: a request that fails it queues nothing.
+    let answer = Answer {
+        captcha: request.captcha.as_deref(),
+        ticket: request.ticket.as_deref(),
+    };
+    state
+        .captcha
+        .check(&state.pool, answer)
+        .await
+        .map_err(|error| match error {
+            CaptchaError::Storage(error) => {
+                ApiError::Internal(format!("cannot check the captcha: {error}"))
+            }
+            other => ApiError::Captcha(state.captcha.kind(), other.to_string()),
         })?;
     let job = PasswordResetJob {
         job_id: Uuid::new_v4(),

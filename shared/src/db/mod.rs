@@ -1,5 +1,6 @@
 //! The database: connecting (creating it if missing), migrations, and the queries both binaries use.
 
+pub mod captcha_tickets;
 pub mod deliveries;
 pub mod tokens;
 pub mod users;
