@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::captcha::CaptchaConfig;
+use crate::{captcha::CaptchaConfig, rate_limit::RateLimitConfig};
 use resetmail_shared::config::{BrokerConfig, DatabaseConfig, LogConfig, parse_duration};
 
 /// Everything the api reads from the environment or its flags.
@@ -28,11 +28,19 @@ pub struct ApiConfig {
     /// Adds internal error details (`error`) to answers; never in production.
     #[arg(long = "debug", env = "RESETMAIL_DEBUG", default_value_t = false)]
     pub debug: bool,
+    /// Longest a request may take before it is answered 503.
+    #[arg(long = "request-timeout", env = "RESETMAIL_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Requests handled at once; more wait their turn.
+    #[arg(long = "max-concurrent-requests", env = "RESETMAIL_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
     /// On SIGTERM, how long requests in flight may take before the api stops anyway.
     #[arg(long = "shutdown-timeout", env = "RESETMAIL_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub captcha: CaptchaConfig,
+    #[command(flatten)]
+    pub rate_limit: RateLimitConfig,
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
@@ -29,6 +29,15 @@ pub enum ApiError {
     /// 40001: the email is not an address.
     #[error("Email format error")]
     EmailFormat,
+    /// 40001 with a message of its own (`Password too short`, `Failed to parse object ID`, …).
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// 40030: the reset link is wrong, expired, used or revoked (one answer for all four).
+    #[error("Link is expired")]
+    LinkExpired,
+    /// 429: too many requests from this client; retry after this many seconds.
+    #[error("Too many requests, please try again later")]
+    RateLimited(u64),
     /// 40001, HTTP 413: the body is over the limit.
     #[error("Request body is too large")]
     BodyTooLarge,
@@ -53,7 +62,13 @@ impl ApiError {
     /// Cloudreve's error code.
     pub fn code(&self) -> i32 {
         match self {
-            Self::Parameter(_) | Self::EmailEmpty | Self::EmailFormat | Self::BodyTooLarge => 40001,
+            Self::Parameter(_)
+            | Self::EmailEmpty
+            | Self::EmailFormat
+            | Self::Invalid(_)
+            | Self::BodyTooLarge => 40001,
+            Self::LinkExpired => 40030,
+            Self::RateLimited(_) => 429,
             Self::Captcha(..) => 40026,
             Self::QueueUnavailable(_) => 40028,
             Self::NotFound => 404,
@@ -65,9 +80,13 @@ impl ApiError {
     /// The HTTP status: 200 for business errors, honest statuses for what proxies must see.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Parameter(_) | Self::EmailEmpty | Self::EmailFormat | Self::Captcha(..) => {
-                StatusCode::OK
-            }
+            Self::Parameter(_)
+            | Self::EmailEmpty
+            | Self::EmailFormat
+            | Self::Invalid(_)
+            | Self::LinkExpired
+            | Self::Captcha(..) => StatusCode::OK,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -106,6 +125,12 @@ impl IntoResponse for ApiError {
                 .map(str::to_owned),
             correlation_id: correlation::current(),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::RateLimited(seconds) = self {
+            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod error;
 pub mod extract;
 pub mod publisher;
+pub mod rate_limit;
 pub mod routes;
 
 use std::sync::Arc;
@@ -20,13 +21,18 @@ use axum::{
     http::StatusCode,
     middleware,
     response::IntoResponse,
-    routing::{get, post},
+    routing::{get, patch, post},
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
-use crate::{captcha::Captcha, config::ApiConfig, error::ApiError, publisher::Publisher};
+use crate::{
+    captcha::Captcha, config::ApiConfig, error::ApiError, publisher::Publisher,
+    rate_limit::RateLimiter,
+};
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -39,6 +45,8 @@ pub struct AppState {
     pub publisher: Publisher,
     /// The captcha in force.
     pub captcha: Arc<Captcha>,
+    /// Per-client rate limits.
+    pub rate_limiter: Arc<RateLimiter>,
 }
 
 /// The full router: api routes under the base path, health routes at the root.
@@ -46,7 +54,12 @@ pub fn router(state: AppState) -> Router {
     let base = state.config.base_path.trim_end_matches('/').to_owned();
     let api = Router::new()
         .route("/user/reset", post(routes::reset::send_reset))
-        .route("/site/captcha", get(routes::captcha::get_captcha));
+        .route("/user/reset/{id}", patch(routes::redeem::redeem_reset))
+        .route("/site/captcha", get(routes::captcha::get_captcha))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ));
     let api = if base.is_empty() {
         api
     } else {
@@ -57,6 +70,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config::BODY_LIMIT_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.config.request_timeout,
+        ))
+        .layer(ConcurrencyLimitLayer::new(
+            state.config.max_concurrent_requests as usize,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             correlation::correlate,
@@ -78,7 +98,8 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("the HTTP server failed")
@@ -101,11 +122,14 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Resu
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
     tracing::info!(http.addr = %config.http_addr, base_path = %config.base_path, "resetmail-api listening");
     let limit = config.shutdown_timeout;
+    let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limit));
+    tokio::spawn(forget_idle_clients(rate_limiter.clone(), shutdown.clone()));
     let state = AppState {
         config: Arc::new(config),
         pool,
         publisher,
         captcha,
+        rate_limiter,
     };
     let served = serve(listener, state, shutdown.clone());
     let deadline = async {
@@ -135,6 +159,17 @@ async fn prune_captcha_tickets(pool: PgPool, shutdown: CancellationToken) {
             Ok(0) => {}
             Ok(pruned) => tracing::debug!(pruned, "expired captcha tickets deleted"),
             Err(error) => tracing::warn!(%error, "cannot prune captcha tickets"),
+        }
+    }
+}
+
+/// Drops the rate-limit state of clients that have been quiet, every minute until `shutdown`.
+async fn forget_idle_clients(limiter: Arc<RateLimiter>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => limiter.forget_idle(),
         }
     }
 }

@@ -4,7 +4,9 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser as _;
-use resetmail_api::{AppState, captcha::Captcha, config::ApiConfig, publisher::Publisher};
+use resetmail_api::{
+    AppState, captcha::Captcha, config::ApiConfig, publisher::Publisher, rate_limit::RateLimiter,
+};
 use resetmail_shared::{
     EmailAddress, Job, PasswordResetJob,
     config::BrokerConfig,
@@ -40,6 +42,10 @@ fn parse<T: clap::Args>(args: &[&str]) -> T {
 /// The api's configuration, on the test's database and broker, with `extra` flags.
 pub fn api_config(db: &TestDb, broker: &BrokerConfig, extra: &[&str]) -> ApiConfig {
     let mut args = vec!["resetmail-api", "--publish-timeout", "2s"];
+    // Tests send many requests from one address; the rate-limit tests set their own limits.
+    if !extra.contains(&"--rate-limit") {
+        args.extend_from_slice(&["--rate-limit", "1000000", "--rate-burst", "1000000"]);
+    }
     args.extend_from_slice(extra);
     let mut config: ApiConfig = parse(&args);
     config.database = db.config.clone();
@@ -156,11 +162,13 @@ impl TestApi {
                 .local_addr()
                 .unwrap_or_else(|error| panic!("{error}"))
         );
+        let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limit));
         let state = AppState {
             config: Arc::new(config),
             pool: db.pool.clone(),
             publisher: publisher.clone(),
             captcha,
+            rate_limiter,
         };
         tokio::spawn(resetmail_api::serve(listener, state, shutdown.clone()));
         let client = reqwest::Client::builder()

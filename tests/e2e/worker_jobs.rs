@@ -23,15 +23,17 @@ struct Setup {
 
 /// One worker handling one job at a time, so that jobs are handled in the order they were queued.
 async fn setup() -> Setup {
+    setup_with(&[]).await
+}
+
+/// The same, with `extra` worker flags.
+async fn setup_with(extra: &[&str]) -> Setup {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let worker = TestWorker::start(worker_config(
-        &db,
-        &broker.config,
-        &sink,
-        &["--concurrency", "1"],
-    ));
+    let mut flags = vec!["--concurrency", "1"];
+    flags.extend_from_slice(extra);
+    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &flags));
     Setup {
         db,
         broker,
@@ -203,7 +205,7 @@ async fn a_new_email_revokes_the_accounts_older_unused_token() {
         broker,
         sink,
         worker,
-    } = setup().await;
+    } = setup_with(&["--account-cooldown", "0s"]).await;
     db.add_user("jane@example.com", None, None, UserStatus::Active)
         .await;
     let (first, second) = (job_for("jane@example.com"), job_for("jane@example.com"));
@@ -472,5 +474,60 @@ async fn jobs_queued_while_the_mail_server_is_down_are_all_delivered_once_it_is_
             .map(|n| format!("user{n}@example.com"))
             .collect::<Vec<_>>()
     );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_account_gets_one_email_per_cooldown_however_many_jobs_arrive() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    // Several jobs in parallel: the account's row lock makes them see each other's sends.
+    let worker = TestWorker::start(worker_config(
+        &db,
+        &broker.config,
+        &sink,
+        &["--concurrency", "8"],
+    ));
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    let jobs = [
+        job_for("jane@example.com"),
+        job_for("JANE@example.com"),
+        job_for("jane@example.com"),
+    ];
+    for job in &jobs {
+        publish(&broker, job).await;
+    }
+    let mut outcomes = Vec::new();
+    for job in &jobs {
+        outcomes.push(decided(&db, job.job_id).await.outcome);
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, ["sent", "throttled", "throttled"]);
+    assert_eq!(sink.received().len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_account_gets_at_most_its_daily_maximum() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup_with(&["--account-cooldown", "0s", "--account-daily-max", "2"]).await;
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    let jobs: Vec<_> = (0..4).map(|_| job_for("jane@example.com")).collect();
+    for job in &jobs {
+        publish(&broker, job).await;
+    }
+    let mut outcomes = Vec::new();
+    for job in &jobs {
+        outcomes.push(decided(&db, job.job_id).await.outcome);
+    }
+    assert_eq!(outcomes, ["sent", "sent", "throttled", "throttled"]);
+    assert_eq!(sink.received().len(), 2);
     worker.stop().await;
 }

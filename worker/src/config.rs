@@ -47,6 +47,16 @@ pub struct WorkerConfig {
     /// How long a reset link stays valid.
     #[arg(long = "token-ttl", env = "RESETMAIL_TOKEN_TTL", default_value = "1h", value_parser = parse_duration)]
     pub token_ttl: Duration,
+    /// At most one email per account within this time (`0s`: no cooldown).
+    #[arg(long = "account-cooldown", env = "RESETMAIL_ACCOUNT_COOLDOWN", default_value = "60s", value_parser = parse_duration)]
+    pub account_cooldown: Duration,
+    /// At most this many emails per account in 24 hours.
+    #[arg(
+        long = "account-daily-max",
+        env = "RESETMAIL_ACCOUNT_DAILY_MAX",
+        default_value_t = 5
+    )]
+    pub account_daily_max: u32,
     /// A job older than this when first handled is recorded as expired and not sent.
     #[arg(long = "job-max-age", env = "RESETMAIL_JOB_MAX_AGE", default_value = "1h", value_parser = parse_duration)]
     pub job_max_age: Duration,

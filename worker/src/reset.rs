@@ -118,6 +118,12 @@ impl Worker {
             }
             Some(user) => user,
         };
+        // The account's row is locked: jobs for one account see each other's sends.
+        let (recent, today) =
+            deliveries::recent_sends(&mut *tx, user.id, self.config.account_cooldown).await?;
+        if recent > 0 || today >= i64::from(self.config.account_daily_max) {
+            return decide(tx, job, Some(user.id), Outcome::Throttled).await;
+        }
 
         let token = ResetToken::generate().context("no randomness from the operating system")?;
         let token_id = tokens::issue(

@@ -2,4 +2,5 @@
 
 pub mod captcha;
 pub mod health;
+pub mod redeem;
 pub mod reset;

@@ -223,3 +223,20 @@ pub async fn find_by_email(
     .fetch_all(executor)
     .await
 }
+
+/// How many emails the account was sent within `cooldown`, and within the last 24 hours.
+pub async fn recent_sends(
+    executor: impl PgExecutor<'_>,
+    user_id: i64,
+    cooldown: std::time::Duration,
+) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE sent_at > now() - make_interval(secs => $2)), count(*)
+         FROM deliveries
+         WHERE user_id = $1 AND outcome = 'sent' AND sent_at > now() - interval '24 hours'",
+    )
+    .bind(user_id)
+    .bind(cooldown.as_secs_f64())
+    .fetch_one(executor)
+    .await
+}

@@ -132,3 +132,17 @@ pub async fn insert(executor: impl PgExecutor<'_>, user: &NewUser<'_>) -> sqlx::
     .await?;
     User::try_from(row)
 }
+
+/// Stores a new password hash (a PHC string) for the account.
+pub async fn set_password_hash(
+    executor: impl PgExecutor<'_>,
+    user_id: i64,
+    password_hash: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+        .bind(user_id)
+        .bind(password_hash)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
