@@ -126,10 +126,10 @@ impl IntoResponse for ApiError {
             correlation_id: correlation::current(),
         };
         let mut response = (status, Json(body)).into_response();
-        if let Self::RateLimited(seconds) = self {
-            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+        if let Self::RateLimited(seconds) = self
+            && let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }
