@@ -201,8 +201,8 @@ impl TestApi {
             .await
             .unwrap_or_else(|error| panic!("no answer: {error}"));
         let status = response.status().as_u16();
-        let correlation_header = response
-            .headers()
+        let headers = response.headers().clone();
+        let correlation_header = headers
             .get("x-cr-correlation-id")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
@@ -213,6 +213,7 @@ impl TestApi {
         let json = serde_json::from_str(&text)
             .unwrap_or_else(|error| panic!("not JSON ({error}): {text}"));
         Answer {
+            headers,
             status,
             text,
             json,
@@ -230,6 +231,7 @@ impl Drop for TestApi {
 /// An HTTP answer.
 #[derive(Debug)]
 pub struct Answer {
+    pub headers: reqwest::header::HeaderMap,
     pub status: u16,
     pub text: String,
     pub json: serde_json::Value,
@@ -278,4 +280,33 @@ pub async fn decided(db: &TestDb, job_id: Uuid) -> Delivery {
         },
     )
     .await
+}
+
+/// The opaque user id and the secret of the reset link in an email's text part.
+pub fn reset_link(mail: &resetmail_testkit::smtp_sink::ParsedMail) -> (String, String) {
+    let prefix = format!("{SITE_URL}/session/reset?id=");
+    let start = mail
+        .text
+        .find(&prefix)
+        .unwrap_or_else(|| panic!("no reset link in:\n{}", mail.text));
+    let link: String = mail.text[start + prefix.len()..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    let (id, secret) = link
+        .split_once("&secret=")
+        .unwrap_or_else(|| panic!("malformed link {link}"));
+    (id.to_owned(), secret.to_owned())
+}
+
+impl TestApi {
+    /// PATCHes the redeem endpoint for user `id`.
+    pub async fn redeem(&self, id: &str, body: serde_json::Value) -> Answer {
+        self.send(
+            self.client
+                .patch(format!("{}/api/v4/user/reset/{id}", self.base))
+                .json(&body),
+        )
+        .await
+    }
 }

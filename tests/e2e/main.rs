@@ -1,9 +1,11 @@
 //! Integration and end-to-end tests of resetmail on real PostgreSQL, RabbitMQ and SMTP over TCP.
 
+mod abuse;
 mod api_broker_outage;
 mod api_reset;
 mod captcha;
 mod flow;
 mod harness;
 mod outages;
+mod redeem;
 mod worker_jobs;
