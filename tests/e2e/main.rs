@@ -6,6 +6,7 @@ mod api_reset;
 mod captcha;
 mod flow;
 mod harness;
+mod operator;
 mod outages;
 mod redeem;
 mod worker_jobs;

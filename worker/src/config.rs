@@ -57,6 +57,9 @@ pub struct WorkerConfig {
         default_value_t = 5
     )]
     pub account_daily_max: u32,
+    /// Delivery rows older than this are deleted (used and expired tokens go after a day).
+    #[arg(long = "retention", env = "RESETMAIL_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
     /// A job older than this when first handled is recorded as expired and not sent.
     #[arg(long = "job-max-age", env = "RESETMAIL_JOB_MAX_AGE", default_value = "1h", value_parser = parse_duration)]
     pub job_max_age: Duration,

@@ -1,7 +1,9 @@
 //! resetmail-worker: consumes reset jobs, issues one-time tokens and sends the reset emails.
 
+pub mod commands;
 pub mod config;
 pub mod consumer;
+pub mod dlq;
 pub mod mailer;
 pub mod reset;
 pub mod settle;
@@ -82,6 +84,39 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
         ),
     }
     tracing::info!(languages = ?worker.templates.languages(), "templates compiled and test-rendered");
+    tokio::spawn(prune(
+        worker.pool.clone(),
+        worker.config.retention,
+        shutdown.clone(),
+    ));
     consumer::consume(Arc::new(worker), shutdown).await;
     Ok(())
+}
+
+/// Deletes what is no longer needed, at start and then every hour until `shutdown`: delivery rows
+/// older than the retention, and tokens that can no longer be redeemed. Every worker runs it; the
+/// deletes are idempotent.
+async fn prune(pool: PgPool, retention: std::time::Duration, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match prune_once(&pool, retention).await {
+            Ok((rows, tokens)) => tracing::info!(
+                deliveries.pruned = rows,
+                tokens.pruned = tokens,
+                "old records pruned"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot prune old records"),
+        }
+    }
+}
+
+/// One pruning pass; returns the delivery rows and tokens deleted.
+pub async fn prune_once(pool: &PgPool, retention: std::time::Duration) -> sqlx::Result<(u64, u64)> {
+    let rows = resetmail_shared::db::deliveries::prune(pool, retention).await?;
+    let tokens = resetmail_shared::db::tokens::prune(pool).await?;
+    Ok((rows, tokens))
 }

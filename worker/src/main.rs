@@ -1,7 +1,10 @@
-//! resetmail-worker: consume reset jobs and send the emails.
+//! resetmail-worker: consume reset jobs and send the emails, or run an operator command.
 
-use clap::Parser;
-use resetmail_worker::config::WorkerConfig;
+use clap::{Parser, Subcommand};
+use resetmail_worker::{
+    commands::{self, DlqCommand, StatusArgs, TemplateCommand},
+    config::WorkerConfig,
+};
 use tokio_util::sync::CancellationToken;
 
 /// The worker of resetmail: turns queued reset jobs into one-time tokens and emails.
@@ -10,15 +13,39 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(flatten)]
     config: WorkerConfig,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume jobs (the default).
+    Serve,
+    /// Inspect, replay or purge the dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// What happened to the reset requests of an address, a job or a request.
+    Status(StatusArgs),
+    /// Check the email templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    resetmail_shared::telemetry::init(&cli.config.log);
-    let shutdown = CancellationToken::new();
-    tokio::spawn(resetmail_shared::shutdown::on_signal(shutdown.clone()));
-    resetmail_worker::run(cli.config, shutdown).await
+    let mut out = std::io::stdout().lock();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            resetmail_shared::telemetry::init(&cli.config.log);
+            let shutdown = CancellationToken::new();
+            tokio::spawn(resetmail_shared::shutdown::on_signal(shutdown.clone()));
+            resetmail_worker::run(cli.config, shutdown).await
+        }
+        Command::Dlq(command) => commands::dlq(&cli.config, &command, &mut out).await,
+        Command::Status(args) => commands::status(&cli.config, &args, &mut out).await,
+        Command::Template(command) => commands::template(&cli.config, &command, &mut out),
+    }
 }
 
 #[cfg(test)]

@@ -103,9 +103,7 @@ impl Worker {
             return Ok(JobOutcome::Duplicate(claim.outcome));
         }
         // Only a job that waited too long before its first attempt is stale; retries take their time.
-        if claim.attempts == 1
-            && OffsetDateTime::now_utc() - job.requested_at > self.config.job_max_age
-        {
+        if claim.first && OffsetDateTime::now_utc() - job.requested_at > self.config.job_max_age {
             return decide(tx, job, None, Outcome::Expired).await;
         }
         let user = match users::find_for_update(&mut *tx, &job.email.match_key()).await? {

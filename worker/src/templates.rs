@@ -108,7 +108,15 @@ impl Templates {
                 let registry = if escaped { &mut html } else { &mut text };
                 registry
                     .register_template_string(&template_name(lang, part), source)
-                    .with_context(|| format!("template {origin} does not compile"))?;
+                    .map_err(|error| {
+                        let at = error.pos().map_or_else(String::new, |(line, column)| {
+                            format!(" at line {line}, column {column}")
+                        });
+                        anyhow::anyhow!(
+                            "template {origin} does not compile{at}: {}",
+                            error.reason()
+                        )
+                    })?;
             }
         }
 

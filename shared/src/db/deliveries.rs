@@ -83,12 +83,14 @@ pub struct Claim {
     pub outcome: Outcome,
     /// Attempts so far, this one included when the job is still pending.
     pub attempts: i32,
+    /// Whether the job was never recorded before: its first attempt (a replayed dead letter is not).
+    pub first: bool,
 }
 
 /// Records the job if it is new, counts this attempt if it is still pending, and locks its row until
 /// the transaction ends: a second delivery of the same job waits here, then finds it decided.
 pub async fn claim(executor: impl PgExecutor<'_>, job: &PasswordResetJob) -> sqlx::Result<Claim> {
-    let (outcome, attempts): (String, i32) = sqlx::query_as(
+    let (outcome, attempts, first): (String, i32, bool) = sqlx::query_as(
         "INSERT INTO deliveries
              (job_id, correlation_id, email, requested_at, attempts, first_attempt_at, last_attempt_at)
          VALUES ($1, $2, $3, $4, 1, now(), now())
@@ -98,7 +100,7 @@ pub async fn claim(executor: impl PgExecutor<'_>, job: &PasswordResetJob) -> sql
              last_attempt_at = CASE WHEN deliveries.outcome = 'pending' THEN now()
                                     ELSE deliveries.last_attempt_at END,
              updated_at = now()
-         RETURNING outcome, attempts",
+         RETURNING outcome, attempts, (xmax = 0) AS inserted",
     )
     .bind(job.job_id)
     .bind(job.correlation_id)
@@ -109,7 +111,11 @@ pub async fn claim(executor: impl PgExecutor<'_>, job: &PasswordResetJob) -> sql
     let outcome = outcome
         .parse()
         .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
-    Ok(Claim { outcome, attempts })
+    Ok(Claim {
+        outcome,
+        attempts,
+        first,
+    })
 }
 
 /// Sets a final outcome that sent nothing (unknown account, banned, expired, ...).
@@ -239,4 +245,46 @@ pub async fn recent_sends(
     .bind(cooldown.as_secs_f64())
     .fetch_one(executor)
     .await
+}
+
+/// Makes a failed job pending again with no attempts, for a replay from the dead letters; true if
+/// the job had a row to reset.
+pub async fn reopen(executor: impl PgExecutor<'_>, job_id: Uuid) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET outcome = 'pending', attempts = 0, updated_at = now()
+         WHERE job_id = $1 AND outcome = 'failed'",
+    )
+    .bind(job_id)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The rows of every job of a request's correlation id.
+pub async fn find_by_correlation_id(
+    executor: impl PgExecutor<'_>,
+    correlation_id: Uuid,
+) -> sqlx::Result<Vec<Delivery>> {
+    sqlx::query_as(
+        "SELECT job_id, correlation_id, email, user_id, outcome, attempts, last_error, message_id,
+                requested_at, sent_at
+         FROM deliveries WHERE correlation_id = $1 ORDER BY requested_at, job_id",
+    )
+    .bind(correlation_id)
+    .fetch_all(executor)
+    .await
+}
+
+/// Deletes rows requested longer than `retention` ago; returns how many.
+pub async fn prune(
+    executor: impl PgExecutor<'_>,
+    retention: std::time::Duration,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM deliveries WHERE requested_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.as_secs_f64())
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -86,3 +86,16 @@ pub async fn revoke_all(executor: impl PgExecutor<'_>, user_id: i64) -> sqlx::Re
     .await?;
     Ok(done.rows_affected())
 }
+
+/// Deletes tokens that can no longer be redeemed (expired, used or revoked) and are older than a
+/// day, so that the table stays small; returns how many.
+pub async fn prune(executor: impl PgExecutor<'_>) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM password_reset_tokens
+         WHERE created_at < now() - interval '1 day'
+           AND (expires_at < now() OR used_at IS NOT NULL OR revoked_at IS NOT NULL)",
+    )
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}

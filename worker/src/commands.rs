@@ -1,0 +1,271 @@
+//! The worker's operator commands: `dlq …`, `status …` and `template preview`. Each writes what it
+//! found to `out`, as a table for people or as JSON for scripts.
+
+use std::io::Write;
+
+use anyhow::{Context as _, bail};
+use resetmail_shared::{
+    EmailAddress,
+    config::parse_duration,
+    db::{self, deliveries},
+    email::mask,
+};
+use uuid::Uuid;
+
+use crate::{
+    config::WorkerConfig,
+    dlq::{DeadLetter, Dlq},
+    templates::{ResetEmailContext, Templates, valid_for},
+};
+
+/// `resetmail-worker dlq …`
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum DlqCommand {
+    /// List dead letters without consuming them.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// JSON, one array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one dead letter in full: headers and body.
+    Show {
+        /// The job id.
+        job_id: Uuid,
+    },
+    /// Move dead letters back to the work queue, attempt count reset.
+    Replay {
+        /// The job id to replay.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        job_id: Option<Uuid>,
+        /// Every dead letter there is now.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters: all, or those last attempted longer ago than a duration.
+    Purge {
+        /// Only those older than this (`7d`, `12h`).
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
+}
+
+/// `resetmail-worker status …`
+#[derive(clap::Args, Clone, Debug)]
+pub struct StatusArgs {
+    /// Every request for this address.
+    #[arg(long, required_unless_present_any = ["job", "correlation_id"], conflicts_with_all = ["job", "correlation_id"])]
+    pub email: Option<String>,
+    /// One job.
+    #[arg(long, conflicts_with = "correlation_id")]
+    pub job: Option<Uuid>,
+    /// The jobs of one request.
+    #[arg(long)]
+    pub correlation_id: Option<Uuid>,
+    /// JSON, one array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `resetmail-worker template …`
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum TemplateCommand {
+    /// Render the reset email with sample data (overrides from RESETMAIL_TEMPLATES_DIR included).
+    Preview {
+        /// Language, as an account would have it.
+        #[arg(long, default_value = "en-US")]
+        lang: String,
+        /// Only the HTML part.
+        #[arg(long, conflicts_with = "text")]
+        html: bool,
+        /// Only the text part.
+        #[arg(long)]
+        text: bool,
+    },
+}
+
+/// Runs a `dlq` command.
+pub async fn dlq(
+    config: &WorkerConfig,
+    command: &DlqCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let dlq = Dlq::open(&config.broker).await?;
+    match command {
+        DlqCommand::List { limit, json } => {
+            let letters = dlq.list(*limit).await?;
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&letters)?)?;
+            } else {
+                write_letters(out, &letters)?;
+                writeln!(
+                    out,
+                    "{} shown, {} in the dead-letter queue",
+                    letters.len(),
+                    dlq.count().await?
+                )?;
+            }
+        }
+        DlqCommand::Show { job_id } => match dlq.show(*job_id).await? {
+            Some(letter) => writeln!(out, "{}", serde_json::to_string_pretty(&letter)?)?,
+            None => bail!("no dead letter for job {job_id}"),
+        },
+        DlqCommand::Replay { job_id, all } => {
+            let pool = db::connect(&config.database).await?;
+            if *all {
+                let replayed = dlq.replay_all(&pool).await?;
+                writeln!(out, "replayed {replayed} dead letters")?;
+            } else if let Some(job_id) = job_id {
+                if !dlq.replay_one(&pool, *job_id).await? {
+                    bail!("no dead letter for job {job_id}");
+                }
+                writeln!(out, "replayed job {job_id}")?;
+            }
+        }
+        DlqCommand::Purge { older_than } => {
+            let purged = dlq.purge(*older_than).await?;
+            writeln!(out, "purged {purged} dead letters")?;
+        }
+    }
+    Ok(())
+}
+
+fn write_letters(out: &mut impl Write, letters: &[DeadLetter]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<36}  {:<24}  {:<9}  {:>8}  {:<20}  {:<20}  LAST ERROR",
+        "JOB", "EMAIL", "CLASS", "ATTEMPTS", "FIRST ATTEMPT", "LAST ATTEMPT"
+    )?;
+    for letter in letters {
+        let error: String = letter
+            .last_error
+            .as_deref()
+            .unwrap_or("-")
+            .chars()
+            .take(60)
+            .collect();
+        writeln!(
+            out,
+            "{:<36}  {:<24}  {:<9}  {:>8}  {:<20}  {:<20}  {error}",
+            letter.job_id.as_deref().unwrap_or("-"),
+            letter.email.as_deref().unwrap_or("-"),
+            letter.error_class,
+            letter.attempts.map_or("-".into(), |n| n.to_string()),
+            short_time(letter.first_attempt_at.as_deref()),
+            short_time(letter.last_attempt_at.as_deref()),
+        )?;
+    }
+    Ok(())
+}
+
+fn short_time(at: Option<&str>) -> String {
+    at.map_or("-".into(), |at| at.chars().take(19).collect())
+}
+
+/// Runs `status`: the delivery history of an address, a job or a request.
+pub async fn status(
+    config: &WorkerConfig,
+    args: &StatusArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    let rows = match (&args.email, args.job, args.correlation_id) {
+        (Some(email), _, _) => {
+            let email =
+                EmailAddress::parse(email).map_err(|error| anyhow::anyhow!("--email: {error}"))?;
+            deliveries::find_by_email(&pool, &email.match_key()).await?
+        }
+        (_, Some(job), _) => deliveries::find(&pool, job).await?.into_iter().collect(),
+        (_, _, Some(correlation_id)) => {
+            deliveries::find_by_correlation_id(&pool, correlation_id).await?
+        }
+        _ => bail!("give --email, --job or --correlation-id"),
+    };
+    if args.json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|row| {
+                serde_json::json!({
+                    "job_id": row.job_id, "correlation_id": row.correlation_id, "email": row.email,
+                    "outcome": row.outcome, "attempts": row.attempts, "last_error": row.last_error,
+                    "message_id": row.message_id, "requested_at": row.requested_at.to_string(),
+                    "sent_at": row.sent_at.map(|at| at.to_string()),
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<24}  {:<15}  {:>8}  {:<19}  {:<19}  MESSAGE-ID / LAST ERROR",
+        "JOB", "EMAIL", "OUTCOME", "ATTEMPTS", "REQUESTED", "SENT"
+    )?;
+    for row in &rows {
+        let detail = row
+            .message_id
+            .clone()
+            .or_else(|| row.last_error.clone())
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<36}  {:<24}  {:<15}  {:>8}  {:<19}  {:<19}  {}",
+            row.job_id,
+            mask(&row.email),
+            row.outcome,
+            row.attempts,
+            row.requested_at
+                .to_string()
+                .chars()
+                .take(19)
+                .collect::<String>(),
+            row.sent_at.map_or_else(
+                || "-".to_owned(),
+                |at| at.to_string().chars().take(19).collect::<String>()
+            ),
+            detail.chars().take(80).collect::<String>(),
+        )?;
+    }
+    writeln!(out, "{} request(s)", rows.len())?;
+    Ok(())
+}
+
+/// Runs `template preview`: the reset email in `lang` with sample data.
+pub fn template(
+    config: &WorkerConfig,
+    command: &TemplateCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let TemplateCommand::Preview { lang, html, text } = command;
+    let templates = Templates::load(config.templates_dir.as_deref(), &config.default_language)?;
+    let chosen = templates.choose_language(Some(lang)).to_owned();
+    let site_url = config.site_url.trim_end_matches('/').to_owned();
+    let context = ResetEmailContext {
+        site_name: config.site_name.clone(),
+        link: format!(
+            "{site_url}/session/reset?id={}&secret=SAMPLE-SECRET",
+            Uuid::nil()
+        ),
+        site_url,
+        name: "Sample User".into(),
+        email: "user@example.com".into(),
+        valid_for: valid_for(config.token_ttl, &chosen),
+    };
+    let email = templates
+        .render(&chosen, &context)
+        .context("the template does not render")?;
+    if *html {
+        writeln!(out, "{}", email.html)?;
+    } else if *text {
+        writeln!(out, "{}", email.text)?;
+    } else {
+        writeln!(
+            out,
+            "Language: {chosen}\nSubject: {}\n\n--- text ---\n{}\n--- html ---\n{}",
+            email.subject, email.text, email.html
+        )?;
+    }
+    Ok(())
+}
