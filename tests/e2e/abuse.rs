@@ -107,11 +107,13 @@ async fn known_unknown_banned_and_inactive_addresses_get_identical_answers_in_th
     for email in kinds {
         api.post_reset(&json!({ "email": email }).to_string()).await;
     }
-    let rounds = 250;
+    let rounds = 400;
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); kinds.len()];
     let mut answers: Vec<(u16, String, Vec<String>)> = Vec::new();
-    for _ in 0..rounds {
-        for (kind, email) in kinds.iter().enumerate() {
+    for round in 0..rounds {
+        // Each round starts with another kind, so no kind always follows a pause.
+        for kind in (0..kinds.len()).map(|i| (i + round) % kinds.len()) {
+            let email = kinds[kind];
             let body = json!({ "email": email }).to_string();
             let started = Instant::now();
             let answer = api.post_reset(&body).await;
@@ -150,18 +152,20 @@ async fn known_unknown_banned_and_inactive_addresses_get_identical_answers_in_th
         "timing per kind over {rounds} requests each:\n{}",
         report.join("\n")
     );
-    // The api does the same work whatever the address: one publish with a confirm, a few ms here.
-    // Looking the address up would add a database round trip (about a millisecond, 20-50 % of a
-    // request here) to some kinds only. The tolerances sit between the noise of a shared 2-core
-    // machine running other tests (medians within ~10 %, p90s within ~25 % across runs) and that.
+    // The api does the same work whatever the address: one publish with a confirm, about 1.2 ms
+    // here. Looking the address up would add a database round trip (0.2 to 0.3 ms, about 20 % of a
+    // request) to every request of some kinds, which moves their median. Medians measured here differ
+    // by about 1 % (also in CI, beside the other tests), so a 10 % bound is far above the noise and
+    // below a lookup. Tails are noisier on a shared 2-core machine (p90s up to 1.55x apart in CI), so
+    // they get a 2x bound: it catches gross differences (a sleep, an SMTP exchange) only.
     assert!(
-        spread(&medians) < 1.2,
-        "medians differ by more than 20 %:\n{}",
+        spread(&medians) < 1.10,
+        "medians differ by more than 10 %:\n{}",
         report.join("\n")
     );
     assert!(
-        spread(&p90s) < 1.5,
-        "p90s differ by more than 50 %:\n{}",
+        spread(&p90s) < 2.0,
+        "p90s differ by more than 2x:\n{}",
         report.join("\n")
     );
 }
