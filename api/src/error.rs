@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{captcha::CaptchaKind, correlation, envelope::Envelope};
+use crate::{captcha::CaptchaKind, correlation, envelope::Envelope, metrics::EnvelopeCode};
 
 /// Cloudreve's message for a failed captcha of each kind.
 fn captcha_message(kind: CaptchaKind) -> &'static str {
@@ -126,6 +126,7 @@ impl IntoResponse for ApiError {
             correlation_id: correlation::current(),
         };
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(EnvelopeCode(self.code()));
         if let Self::RateLimited(seconds) = self
             && let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string())
         {

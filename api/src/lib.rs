@@ -8,6 +8,7 @@ pub mod correlation;
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod publisher;
 pub mod rate_limit;
 pub mod routes;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub captcha: Arc<Captcha>,
     /// Per-client rate limits.
     pub rate_limiter: Arc<RateLimiter>,
+    /// Renders the process's metrics.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 /// The full router: api routes under the base path, health routes at the root.
@@ -59,14 +62,19 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit,
-        ));
+        ))
+        .route_layer(middleware::from_fn(metrics::track));
     let api = if base.is_empty() {
         api
     } else {
         Router::new().nest(&base, api)
     };
-    api.route("/healthz", get(routes::health::get_healthz))
+    let operations = Router::new()
+        .route("/healthz", get(routes::health::get_healthz))
         .route("/readyz", get(routes::health::get_readyz))
+        .route("/metrics", get(metrics::get_metrics))
+        .route_layer(middleware::from_fn(metrics::track));
+    api.merge(operations)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config::BODY_LIMIT_BYTES))
@@ -130,6 +138,7 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Resu
         publisher,
         captcha,
         rate_limiter,
+        metrics: resetmail_shared::metrics::handle(),
     };
     let served = serve(listener, state, shutdown.clone());
     let deadline = async {

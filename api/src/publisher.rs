@@ -40,6 +40,19 @@ pub enum PublishError {
     Returned(String),
 }
 
+impl PublishError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Broker(_) => "broker",
+            Self::Timeout(_) => "timeout",
+            Self::Nacked => "nacked",
+            Self::Returned(_) => "returned",
+        }
+    }
+}
+
 /// A handle to the shared publishing channel; cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
@@ -82,6 +95,19 @@ impl Publisher {
 
     /// Publishes `job` (persistent, mandatory) and waits for the broker's confirm.
     pub async fn publish(&self, job: &Job) -> Result<(), PublishError> {
+        let started = std::time::Instant::now();
+        let result = self.publish_confirmed(job).await;
+        metrics::histogram!("resetmail_api_publish_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            metrics::counter!("resetmail_api_publish_failures_total", "reason" => error.reason())
+                .increment(1);
+            self.inner.suspect.notify_one();
+        }
+        result
+    }
+
+    async fn publish_confirmed(&self, job: &Job) -> Result<(), PublishError> {
         let channel = self.current().ok_or(PublishError::Unavailable)?;
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -104,7 +130,7 @@ impl Publisher {
                 .await?
                 .await
         };
-        let result = match tokio::time::timeout(self.inner.confirm_timeout, confirm).await {
+        match tokio::time::timeout(self.inner.confirm_timeout, confirm).await {
             Err(_) => Err(PublishError::Timeout(self.inner.confirm_timeout)),
             Ok(Err(error)) => Err(PublishError::Broker(error)),
             Ok(Ok(confirmation)) if confirmation.is_nack() => Err(PublishError::Nacked),
@@ -112,11 +138,7 @@ impl Publisher {
                 Some(returned) => Err(PublishError::Returned(returned.reply_text.to_string())),
                 None => Ok(()),
             },
-        };
-        if result.is_err() {
-            self.inner.suspect.notify_one();
         }
-        result
     }
 
     fn current(&self) -> Option<Channel> {

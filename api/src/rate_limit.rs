@@ -156,7 +156,10 @@ pub async fn limit(
     let client = client_ip(peer.ip(), request.headers(), &state.rate_limiter.trusted);
     match state.rate_limiter.check(client) {
         Ok(()) => next.run(request).await,
-        Err(retry_after) => ApiError::RateLimited(retry_after).into_response(),
+        Err(retry_after) => {
+            metrics::counter!("resetmail_api_rate_limited_total").increment(1);
+            ApiError::RateLimited(retry_after).into_response()
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod email;
 pub mod job;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;

@@ -75,6 +75,8 @@ pub fn worker_config(
         "Example Cloud <no-reply@cloud.example.com>",
         "--requeue-delay",
         "50ms",
+        "--worker-http-addr",
+        "off",
     ];
     args.extend_from_slice(extra);
     let mut config: WorkerConfig = parse(&args);
@@ -93,6 +95,8 @@ impl TestWorker {
     /// Starts a worker with `config`.
     pub fn start(config: WorkerConfig) -> TestWorker {
         resetmail_testkit::init_logs();
+        // Tests that talk HTTP to the worker use the same TLS provider as everything else.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(resetmail_worker::run(config, shutdown.clone()));
         TestWorker {
@@ -169,6 +173,7 @@ impl TestApi {
             publisher: publisher.clone(),
             captcha,
             rate_limiter,
+            metrics: resetmail_shared::metrics::handle(),
         };
         tokio::spawn(resetmail_api::serve(listener, state, shutdown.clone()));
         let client = reqwest::Client::builder()

@@ -85,11 +85,9 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
         table.contains("3 shown, 3 in the dead-letter queue"),
         "{table}"
     );
-    assert_eq!(
-        broker.count(&broker.topology.dead_letter_queue()).await,
-        3,
-        "listing consumed dead letters"
-    );
+    broker
+        .wait_for_count(&broker.topology.dead_letter_queue(), 3, PATIENCE)
+        .await;
     let listed: Value = serde_json::from_str(
         &dlq(
             &config,
@@ -126,7 +124,9 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
             .unwrap_or_default()
             .contains("gone1@example.com")
     );
-    assert_eq!(broker.count(&broker.topology.dead_letter_queue()).await, 3);
+    broker
+        .wait_for_count(&broker.topology.dead_letter_queue(), 3, PATIENCE)
+        .await;
 
     // replay one: the mailbox exists again; the job is sent once, with a fresh attempt count.
     sink.clear_faults();
@@ -148,7 +148,9 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
         row.attempts, 1,
         "the replay did not reset the attempt count"
     );
-    assert_eq!(broker.count(&broker.topology.dead_letter_queue()).await, 2);
+    broker
+        .wait_for_count(&broker.topology.dead_letter_queue(), 2, PATIENCE)
+        .await;
 
     // purge --older-than keeps recent ones; replay --all takes the rest.
     assert!(
@@ -161,6 +163,9 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
         .await
         .contains("purged 0")
     );
+    broker
+        .wait_for_count(&broker.topology.dead_letter_queue(), 2, PATIENCE)
+        .await;
     assert!(
         dlq(
             &config,
@@ -406,4 +411,96 @@ async fn three_workers_share_a_thousand_requests_and_send_each_email_once() {
     for worker in workers {
         worker.stop().await;
     }
+}
+
+#[tokio::test]
+async fn the_api_counts_requests_by_route_and_code_and_times_its_publishes() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let api = TestApi::start(&db, &broker.config).await;
+    api.post_reset(r#"{"email":"jane@example.com"}"#).await;
+    api.post_reset(r#"{"email":"not an address"}"#).await;
+    let metrics = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap_or_default();
+    for expected in [
+        r#"resetmail_api_requests_total{route="/api/v4/user/reset",code="0"} 1"#,
+        r#"resetmail_api_requests_total{route="/api/v4/user/reset",code="40001"} 1"#,
+        "resetmail_api_publish_seconds_bucket",
+        "resetmail_api_publish_seconds_count 1",
+    ] {
+        assert!(text.contains(expected), "no `{expected}` in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_worker_serves_health_readiness_and_its_job_metrics() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    let job = job_for("jane@example.com");
+    publish(&broker, &job).await;
+    decided(&db, job.job_id).await;
+
+    let health = std::sync::Arc::new(resetmail_worker::health::Health::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let base = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .unwrap_or_else(|error| panic!("{error}"))
+    );
+    let probe = resetmail_worker::health::Probe {
+        health: health.clone(),
+        pool: db.pool.clone(),
+        metrics: resetmail_shared::metrics::handle(),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(resetmail_worker::health::serve(
+        listener,
+        probe,
+        shutdown.clone(),
+    ));
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        let request = client.get(format!("{base}{path}"));
+        async move {
+            let response = request
+                .send()
+                .await
+                .unwrap_or_else(|error| panic!("{error}"));
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            )
+        }
+    };
+
+    assert_eq!(get("/healthz").await.0, 200);
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 503, "not consuming yet: {body}");
+    health.set_consuming(true);
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    for expected in [
+        r#"resetmail_worker_jobs_total{outcome="sent"} 1"#,
+        "resetmail_worker_send_seconds_bucket",
+        "resetmail_worker_jobs_in_flight 0",
+    ] {
+        assert!(metrics.contains(expected), "no `{expected}` in:\n{metrics}");
+    }
+    shutdown.cancel();
+    worker.stop().await;
 }

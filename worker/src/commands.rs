@@ -95,6 +95,8 @@ pub async fn dlq(
     let dlq = Dlq::open(&config.broker).await?;
     match command {
         DlqCommand::List { limit, json } => {
+            // Counted first: messages handed back are requeued by the broker a moment later.
+            let total = dlq.count().await?;
             let letters = dlq.list(*limit).await?;
             if *json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&letters)?)?;
@@ -104,7 +106,7 @@ pub async fn dlq(
                     out,
                     "{} shown, {} in the dead-letter queue",
                     letters.len(),
-                    dlq.count().await?
+                    total
                 )?;
             }
         }

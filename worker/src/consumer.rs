@@ -127,7 +127,9 @@ async fn run_session(
         let tag = consumer.tag();
         let consuming_since = std::time::Instant::now();
         tracing::info!(queue = %session.topology.work_queue(), concurrency = config.concurrency, "consuming jobs");
+        session.worker.health.set_consuming(true);
         let stop = take_deliveries(session, consumer, tracker, shutdown).await;
+        session.worker.health.set_consuming(false);
         // Whatever the reason, take no new deliveries; those in flight still settle on this connection.
         let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
         let _ = tokio::time::timeout(amqp::CONNECT_TIMEOUT, cancel).await;
@@ -202,6 +204,8 @@ async fn drain(tracker: &TaskTracker, limit: Duration) {
 }
 
 async fn process(session: Arc<Session>, delivery: Delivery) {
+    let in_flight = metrics::gauge!("resetmail_worker_jobs_in_flight");
+    in_flight.increment(1.0);
     let attempt = Attempt::of(&delivery);
     let requeue_delay = session.worker.config.requeue_delay;
     let job = Job::decode(&delivery.data);
@@ -240,4 +244,5 @@ async fn process(session: Arc<Session>, delivery: Delivery) {
     }
     .instrument(span)
     .await;
+    in_flight.decrement(1.0);
 }

@@ -118,24 +118,13 @@ impl Dlq {
 
     /// Moves every dead letter there is now back to the work queue; returns how many.
     pub async fn replay_all(&self, pool: &PgPool) -> anyhow::Result<usize> {
-        // Only those there now: a job that dies again meanwhile waits for the next replay.
-        let present = self.count().await?;
-        let mut replayed = 0;
-        while replayed < present {
-            let Some(message) = self
-                .channel
-                .basic_get(
-                    self.topology.dead_letter_queue().into(),
-                    BasicGetOptions { no_ack: false },
-                )
-                .await?
-            else {
-                break;
-            };
-            self.replay(pool, &message).await?;
-            replayed += 1;
+        // Taken first, then replayed: a job that dies again meanwhile waits for the next replay.
+        let taken = self.take(usize::MAX).await?;
+        let count = taken.len();
+        for message in &taken {
+            self.replay(pool, message).await?;
         }
-        Ok(replayed)
+        Ok(count)
     }
 
     /// Deletes dead letters: all of them, or those whose last attempt is older than `older_than`.

@@ -4,6 +4,7 @@ pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
+pub mod health;
 pub mod mailer;
 pub mod reset;
 pub mod settle;
@@ -28,6 +29,8 @@ pub struct Worker {
     from: Mailbox,
     site_url: String,
     message_id_domain: String,
+    /// Whether the worker is consuming now.
+    pub health: Arc<health::Health>,
 }
 
 impl Worker {
@@ -58,6 +61,7 @@ impl Worker {
             from,
             site_url,
             message_id_domain,
+            health: Arc::new(health::Health::default()),
         })
     }
 
@@ -89,6 +93,16 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
         worker.config.retention,
         shutdown.clone(),
     ));
+    // Installed before the first job, so that no count is lost, with or without the HTTP port.
+    let metrics = resetmail_shared::metrics::handle();
+    if let Some(listener) = bind_http(&worker.config.http_addr).await? {
+        let probe = health::Probe {
+            health: worker.health.clone(),
+            pool: worker.pool.clone(),
+            metrics,
+        };
+        tokio::spawn(health::serve(listener, probe, shutdown.clone()));
+    }
     consumer::consume(Arc::new(worker), shutdown).await;
     Ok(())
 }
@@ -119,4 +133,29 @@ pub async fn prune_once(pool: &PgPool, retention: std::time::Duration) -> sqlx::
     let rows = resetmail_shared::db::deliveries::prune(pool, retention).await?;
     let tokens = resetmail_shared::db::tokens::prune(pool).await?;
     Ok((rows, tokens))
+}
+
+/// Binds the worker's HTTP port; a taken port falls back to a free one, so that several workers can
+/// run on one host with the defaults.
+async fn bind_http(address: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if address.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let wanted: std::net::SocketAddr = address
+        .parse()
+        .context("RESETMAIL_WORKER_HTTP_ADDR is not an address")?;
+    let listener = match tokio::net::TcpListener::bind(wanted).await {
+        Ok(listener) => listener,
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            tokio::net::TcpListener::bind(std::net::SocketAddr::new(wanted.ip(), 0)).await?
+        }
+        Err(error) => return Err(error).with_context(|| format!("cannot listen on {wanted}")),
+    };
+    let bound = listener.local_addr()?;
+    if bound == wanted || wanted.port() == 0 {
+        tracing::info!(http.addr = %bound, "serving /healthz, /readyz and /metrics");
+    } else {
+        tracing::warn!(wanted = %wanted, http.addr = %bound, "the worker's HTTP port was taken; serving /healthz, /readyz and /metrics on another");
+    }
+    Ok(Some(listener))
 }

@@ -135,7 +135,13 @@ impl Worker {
         .context("cannot store the token")?;
         let message_id = format!("<{}@{}>", job.job_id, self.message_id_domain);
         let sent = match self.compose(&user, &token, &message_id) {
-            Ok(message) => self.mailer.send(message).await,
+            Ok(message) => {
+                let started = std::time::Instant::now();
+                let sent = self.mailer.send(message).await;
+                metrics::histogram!("resetmail_worker_send_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                sent
+            }
             Err(error) => Err(MailError::Permanent(error)),
         };
         match sent {

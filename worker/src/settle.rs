@@ -53,6 +53,7 @@ pub async fn settle(
     outcome: &JobOutcome,
     requeue_delay: std::time::Duration,
 ) {
+    record(outcome, attempt);
     let settling = async {
         match outcome {
             JobOutcome::Sent { message_id } => {
@@ -273,4 +274,24 @@ fn now() -> String {
 
 fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
+}
+
+/// Counts the outcome (and the retry step or the dead letter's class).
+fn record(outcome: &JobOutcome, attempt: &Attempt) {
+    let label = match outcome {
+        JobOutcome::Sent { .. } => "sent".to_owned(),
+        JobOutcome::Skipped(decided) => decided.to_string(),
+        JobOutcome::Duplicate(_) => "duplicate".to_owned(),
+        JobOutcome::Retry(_) => {
+            metrics::counter!("resetmail_worker_retries_total", "step" => attempt.number.to_string()).increment(1);
+            "retry".to_owned()
+        }
+        JobOutcome::Dead(class, _) => {
+            metrics::counter!("resetmail_worker_dead_letters_total", "class" => class.as_str())
+                .increment(1);
+            "dead".to_owned()
+        }
+        JobOutcome::Pause(_) => "paused".to_owned(),
+    };
+    metrics::counter!("resetmail_worker_jobs_total", "outcome" => label).increment(1);
 }
