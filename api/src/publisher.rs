@@ -7,10 +7,7 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use lapin::{
-    BasicProperties, Channel, Connection, Event,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
-};
+use lapin::{BasicProperties, Channel, Connection, Event, options::ConfirmSelectOptions};
 use resetmail_shared::{
     Job,
     amqp::{self, Backoff},
@@ -26,18 +23,12 @@ pub enum PublishError {
     /// There is no open broker connection right now.
     #[error("the broker is unreachable")]
     Unavailable,
-    /// The broker failed the publish.
-    #[error("the broker failed the publish: {0}")]
-    Broker(#[from] lapin::Error),
+    /// The broker failed, refused or could not route the publish.
+    #[error(transparent)]
+    Confirm(#[from] amqp::ConfirmError),
     /// No confirm within the timeout.
     #[error("the broker did not confirm within {0:?}")]
     Timeout(Duration),
-    /// The broker refused the message.
-    #[error("the broker refused the message (nack)")]
-    Nacked,
-    /// No queue took the message.
-    #[error("the message was unroutable: {0}")]
-    Returned(String),
 }
 
 impl PublishError {
@@ -45,10 +36,10 @@ impl PublishError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Unavailable => "unavailable",
-            Self::Broker(_) => "broker",
+            Self::Confirm(amqp::ConfirmError::Broker(_)) => "broker",
             Self::Timeout(_) => "timeout",
-            Self::Nacked => "nacked",
-            Self::Returned(_) => "returned",
+            Self::Confirm(amqp::ConfirmError::Nacked) => "nacked",
+            Self::Confirm(amqp::ConfirmError::Returned(_)) => "returned",
         }
     }
 }
@@ -115,29 +106,11 @@ impl Publisher {
             .with_message_id(job.job_id().to_string().into())
             .with_correlation_id(job.correlation_id().to_string().into())
             .with_type("password_reset".into());
-        let confirm = async {
-            channel
-                .basic_publish(
-                    "".into(),
-                    self.inner.topology.work_queue().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &job.encode(),
-                    properties,
-                )
-                .await?
-                .await
-        };
+        let (body, queue) = (job.encode(), self.inner.topology.work_queue());
+        let confirm = amqp::publish_confirmed(&channel, "", &queue, &body, properties);
         match tokio::time::timeout(self.inner.confirm_timeout, confirm).await {
             Err(_) => Err(PublishError::Timeout(self.inner.confirm_timeout)),
-            Ok(Err(error)) => Err(PublishError::Broker(error)),
-            Ok(Ok(confirmation)) if confirmation.is_nack() => Err(PublishError::Nacked),
-            Ok(Ok(confirmation)) => match confirmation.take_message() {
-                Some(returned) => Err(PublishError::Returned(returned.reply_text.to_string())),
-                None => Ok(()),
-            },
+            Ok(result) => result.map_err(PublishError::Confirm),
         }
     }
 

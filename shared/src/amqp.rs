@@ -64,3 +64,49 @@ impl Backoff {
         self.next = self.first;
     }
 }
+
+/// Why a confirmed publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    /// The channel or connection failed.
+    #[error("the broker failed the publish: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The broker refused the message.
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    /// No queue took the (mandatory) message.
+    #[error("the message was unroutable: {0}")]
+    Returned(String),
+}
+
+/// Publishes `body` as mandatory on a confirm-mode `channel` and waits for the broker's confirm: `Ok`
+/// only when the broker has taken the message into a queue.
+pub async fn publish_confirmed(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) -> Result<(), ConfirmError> {
+    let options = lapin::options::BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let confirmation = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    if confirmation.is_nack() {
+        return Err(ConfirmError::Nacked);
+    }
+    match confirmation.take_message() {
+        Some(returned) => Err(ConfirmError::Returned(returned.reply_text.to_string())),
+        None => Ok(()),
+    }
+}

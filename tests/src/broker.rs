@@ -6,8 +6,8 @@ use std::{net::SocketAddr, time::Duration};
 use lapin::{
     BasicProperties, Channel, Connection,
     options::{
-        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
     },
     types::FieldTable,
 };
@@ -136,26 +136,15 @@ impl TestBroker {
         if let Some(id) = message_id {
             properties = properties.with_message_id(id.into());
         }
-        let confirmation = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.topology.work_queue().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await
-            .unwrap_or_else(|error| panic!("cannot publish: {error}"))
-            .await
-            .unwrap_or_else(|error| panic!("no confirm: {error}"));
-        assert!(
-            confirmation.is_ack() && confirmation.take_message().is_none(),
-            "the broker did not take the message"
-        );
+        amqp::publish_confirmed(
+            &self.channel,
+            "",
+            &self.topology.work_queue(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap_or_else(|error| panic!("the broker did not take the message: {error}"));
     }
 
     /// Waits until `queue` holds `n` ready messages.

@@ -9,8 +9,8 @@ use lapin::{
     BasicProperties, Channel, Connection,
     message::BasicGetMessage,
     options::{
-        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+        BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions,
+        QueueDeclareOptions, QueuePurgeOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -238,23 +238,15 @@ impl Dlq {
             .clone()
             .with_headers(table)
             .with_delivery_mode(2);
-        let confirmation = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.topology.work_queue().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &message.delivery.data,
-                properties,
-            )
-            .await?
-            .await?;
-        if !confirmation.is_ack() || confirmation.take_message().is_some() {
-            anyhow::bail!("the broker did not take the replayed job; its dead letter stays");
-        }
+        amqp::publish_confirmed(
+            &self.channel,
+            "",
+            &self.topology.work_queue(),
+            &message.delivery.data,
+            properties,
+        )
+        .await
+        .context("the broker did not take the replayed job; its dead letter stays")?;
         message
             .delivery
             .acker

@@ -6,10 +6,13 @@
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions},
+    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
-use resetmail_shared::topology::{Topology, headers};
+use resetmail_shared::{
+    amqp,
+    topology::{Topology, headers},
+};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::reset::{DeadClass, JobOutcome};
@@ -176,40 +179,14 @@ async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {
         .await
 }
 
-/// Why a copy was not published.
-#[derive(Debug, thiserror::Error)]
-enum PublishError {
-    #[error(transparent)]
-    Broker(#[from] lapin::Error),
-    #[error("the broker refused the message")]
-    Refused,
-}
-
 async fn publish(
     publisher: &Channel,
     exchange: &str,
     routing_key: &str,
     delivery: &Delivery,
     properties: BasicProperties,
-) -> Result<(), PublishError> {
-    let confirmation = publisher
-        .basic_publish(
-            ShortString::from(exchange),
-            ShortString::from(routing_key),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &delivery.data,
-            properties,
-        )
-        .await?
-        .await?;
-    if confirmation.is_ack() && confirmation.take_message().is_none() {
-        Ok(())
-    } else {
-        Err(PublishError::Refused)
-    }
+) -> Result<(), amqp::ConfirmError> {
+    amqp::publish_confirmed(publisher, exchange, routing_key, &delivery.data, properties).await
 }
 
 /// The delivery's properties with the attempt headers (and, for a dead letter, why).
