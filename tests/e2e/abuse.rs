@@ -132,41 +132,58 @@ async fn known_unknown_banned_and_inactive_addresses_get_identical_answers_in_th
     );
     assert_eq!(answers[0].1, OK);
 
+    // Each request against the median of its round: the load of a shared machine drifts slowly, so
+    // within a round of four back-to-back requests it weighs on every kind alike and cancels out (the
+    // median, not the mean, so that one stalled request does not move its whole round).
+    let round_medians: Vec<f64> = (0..rounds)
+        .map(|round| {
+            let mut round_times: Vec<f64> = times.iter().map(|kind| kind[round]).collect();
+            round_times.sort_by(f64::total_cmp);
+            (round_times[1] + round_times[2]) / 2.0
+        })
+        .collect();
     let mut report = Vec::new();
-    let mut medians = Vec::new();
-    let mut p90s = Vec::new();
-    for (kind, samples) in kinds.iter().zip(times.iter_mut()) {
-        samples.sort_by(f64::total_cmp);
-        let (median, p90) = (quantile(samples, 0.5), quantile(samples, 0.9));
-        report.push(format!("{kind}: median {median:.3} ms, p90 {p90:.3} ms"));
-        medians.push(median);
-        p90s.push(p90);
-    }
-    let spread = |values: &[f64]| {
-        let (min, max) = values
+    let mut ratio_medians = Vec::new();
+    let mut ratio_p90s = Vec::new();
+    for (kind, samples) in kinds.iter().zip(times.iter()) {
+        let mut ratios: Vec<f64> = samples
             .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-        max / min
-    };
-    eprintln!(
-        "timing per kind over {rounds} requests each:\n{}",
-        report.join("\n")
-    );
-    // The api does the same work whatever the address: one publish with a confirm, about 1.2 ms
-    // here. Looking the address up would add a database round trip (0.2 to 0.3 ms, about 20 % of a
-    // request) to every request of some kinds, which moves their median. Medians measured here differ
-    // by about 1 % (also in CI, beside the other tests), so a 10 % bound is far above the noise and
-    // below a lookup. Tails are noisier on a shared 2-core machine (p90s up to 1.55x apart in CI), so
-    // they get a 2x bound: it catches gross differences (a sleep, an SMTP exchange) only.
+            .zip(&round_medians)
+            .map(|(time, mean)| time / mean)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let mut sorted = samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        let (median, p90) = (quantile(&sorted, 0.5), quantile(&sorted, 0.9));
+        let (ratio_median, ratio_p90) = (quantile(&ratios, 0.5), quantile(&ratios, 0.9));
+        report.push(format!(
+            "{kind}: median {median:.3} ms, p90 {p90:.3} ms; against its round: median {ratio_median:.3}, p90 {ratio_p90:.3}"
+        ));
+        ratio_medians.push(ratio_median);
+        ratio_p90s.push(ratio_p90);
+    }
+    let report = report.join("\n");
+    eprintln!("timing per kind over {rounds} rounds:\n{report}");
+    // The api does the same work whatever the address: one publish with a confirm, 1.2 ms here on
+    // a quiet machine. Looking the address up would add a database round trip to every request of
+    // some kinds (a few tenths of a millisecond, 15 to 25 % of a request), so their median ratio
+    // would sit near 1.1 and the others' near 0.95. Measured, median ratios stay within 1 % of 1.0
+    // on a quiet machine and within 3 % with two more test suites on the same 2 cores; ±6 % is above
+    // that noise and below a lookup. The p90 of the ratios catches a kind whose slow tail alone
+    // differs: within 5 % of each other on a quiet machine, up to 1.4x apart when the cores are
+    // three times oversubscribed (scheduling stalls), so bounded at 1.5x.
+    for (kind, ratio) in kinds.iter().zip(&ratio_medians) {
+        assert!(
+            (0.94..=1.06).contains(ratio),
+            "{kind} is not answered in the same time:\n{report}"
+        );
+    }
+    let (low, high) = ratio_p90s
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
     assert!(
-        spread(&medians) < 1.10,
-        "medians differ by more than 10 %:\n{}",
-        report.join("\n")
-    );
-    assert!(
-        spread(&p90s) < 2.0,
-        "p90s differ by more than 2x:\n{}",
-        report.join("\n")
+        high / low < 1.5,
+        "the slow tails differ by kind:\n{report}"
     );
 }
 
