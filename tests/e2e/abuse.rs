@@ -181,10 +181,7 @@ async fn known_unknown_banned_and_inactive_addresses_get_identical_answers_in_th
     let (low, high) = ratio_p90s
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    assert!(
-        high / low < 1.5,
-        "the slow tails differ by kind:\n{report}"
-    );
+    assert!(high / low < 1.5, "the slow tails differ by kind:\n{report}");
 }
 
 /// Collects every log line the process writes.
