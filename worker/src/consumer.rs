@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::{
     Channel, Connection, Consumer,
     message::Delivery,
@@ -142,6 +142,8 @@ async fn run_session(
             Stop::Pause => {
                 drain(tracker, config.shutdown_timeout).await;
                 tracker.reopen();
+                // Jobs that met the same failure while draining asked for this very pause.
+                let _ = session.pause.notified().now_or_never();
                 // A failure long after the last one starts the backoff over.
                 if consuming_since.elapsed() > config.pause_max {
                     pause_backoff.reset();
