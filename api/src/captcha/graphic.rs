@@ -17,6 +17,8 @@ use super::{CaptchaConfig, CaptchaError};
 pub const ANSWER_ALPHABET: &[u8] = b"ACEFGHJKNPRSTUVXY345679";
 /// Characters of a ticket.
 const TICKET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/// The `captcha` crate draws on a canvas of this size (width, height) and crops the picture from it.
+const CANVAS: (u32, u32) = (400, 300);
 /// Length of a ticket, as Cloudreve's.
 pub const TICKET_LEN: usize = 20;
 
@@ -43,6 +45,19 @@ impl GraphicCaptcha {
     pub fn new(config: &CaptchaConfig) -> anyhow::Result<Self> {
         if config.width > 400 || config.height > 300 {
             bail!("RESETMAIL_CAPTCHA_WIDTH/HEIGHT: at most 400×300");
+        }
+        // Every character, repeated to the configured length, must fit the picture.
+        for character in ANSWER_ALPHABET.iter().map(|byte| char::from(*byte)) {
+            let widest: String =
+                std::iter::repeat_n(character, usize::from(config.length)).collect();
+            if placed(&widest, config.width, config.height).is_none() {
+                bail!(
+                    "{} captcha characters do not fit in {}×{} pixels: lower RESETMAIL_CAPTCHA_LENGTH or raise RESETMAIL_CAPTCHA_WIDTH",
+                    config.length,
+                    config.width,
+                    config.height
+                );
+            }
         }
         Ok(Self {
             width: config.width,
@@ -114,6 +129,18 @@ pub fn answer_hash(ticket: &str, answer: &str) -> [u8; 32] {
 /// Draws `answer` as a `width`×`height` PNG with noise, waves and dots; `None` if a character cannot
 /// be drawn or the PNG cannot be encoded. Takes a few milliseconds of CPU.
 pub fn draw(answer: &str, width: u32, height: u32) -> Option<Vec<u8>> {
+    let mut captcha = placed(answer, width, height)?;
+    captcha
+        .apply_filter(Noise::new(0.2))
+        .apply_filter(Wave::new(2.0, 12.0).horizontal())
+        .apply_filter(Wave::new(2.0, 12.0).vertical())
+        .view(width, height)
+        .apply_filter(Dots::new(6).min_radius(2).max_radius(4));
+    captcha.as_png()
+}
+
+/// The characters of `answer` placed on the crate's canvas, if they fit a `width`×`height` picture.
+fn placed(answer: &str, width: u32, height: u32) -> Option<captcha::Captcha> {
     let mut captcha = captcha::Captcha::new();
     // The crate picks characters at random from a set: a set of one places ours, in order.
     for character in answer.chars() {
@@ -122,13 +149,17 @@ pub fn draw(answer: &str, width: u32, height: u32) -> Option<Vec<u8>> {
     if captcha.chars_as_string() != answer {
         return None;
     }
-    captcha
-        .apply_filter(Noise::new(0.2))
-        .apply_filter(Wave::new(2.0, 12.0).horizontal())
-        .apply_filter(Wave::new(2.0, 12.0).vertical())
-        .view(width, height)
-        .apply_filter(Dots::new(6).min_radius(2).max_radius(4));
-    captcha.as_png()
+    // The text must fit, or the picture would cut characters off; and the
+    // window must lie inside the crate's 400×300 canvas, or cropping would index past it.
+    let area = captcha.text_area();
+    let (centre_x, centre_y) = ((area.left + area.right) / 2, (area.top + area.bottom) / 2);
+    let fits_text = area.right.saturating_sub(area.left) <= width
+        && area.bottom.saturating_sub(area.top) + 4 <= height;
+    let fits_canvas = centre_x >= width / 2
+        && centre_x - width / 2 + width <= CANVAS.0
+        && centre_y >= height / 2
+        && centre_y - height / 2 + height <= CANVAS.1;
+    (fits_text && fits_canvas).then_some(captcha)
 }
 
 /// `len` characters of `alphabet`, uniformly, from the operating system's CSPRNG.
@@ -159,18 +190,25 @@ mod tests {
 
     #[test]
     fn every_answer_character_can_be_drawn_and_the_image_has_the_configured_size() {
-        let answer: String = ANSWER_ALPHABET
-            .iter()
-            .take(8)
-            .map(|b| char::from(*b))
-            .collect();
-        for chunk in [answer.as_str(), "YXVUTSRP", "NKJHGFEC", "A3456797"] {
+        for chunk in ["ACEFGH", "JKNPRS", "TUVXY3", "456797"] {
             let png = draw(chunk, 240, 60).unwrap_or_else(|| panic!("cannot draw {chunk}"));
             assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
             let width = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
             let height = u32::from_be_bytes([png[20], png[21], png[22], png[23]]);
             assert_eq!((width, height), (240, 60));
         }
+    }
+
+    #[test]
+    fn text_that_would_be_cut_off_is_refused() {
+        assert!(
+            draw("KXNPEHJTYA", 240, 60).is_none(),
+            "ten characters cannot fit in 240 pixels"
+        );
+        // Wider than the crate's canvas allows around this text: refused, not a panic.
+        assert!(draw("KXNPEHJTYA", 400, 60).is_none());
+        assert!(draw("KXNP", 400, 300).is_none());
+        assert!(draw("KXNPEH", 240, 60).is_some());
     }
 
     #[test]
