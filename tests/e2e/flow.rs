@@ -6,7 +6,7 @@ use resetmail_testkit::{
 };
 use uuid::Uuid;
 
-use crate::harness::{SITE_NAME, SITE_URL, TestApi, TestWorker, decided, worker_config};
+use crate::harness::{SITE_NAME, TestApi, TestWorker, decided, reset_link, worker_config};
 
 const OK: &str = r#"{"code":0,"msg":""}"#;
 
@@ -61,15 +61,12 @@ async fn a_known_address_gets_one_email_whose_link_secret_hashes_to_the_stored_t
     );
     assert!(mail.text.contains("Hello Jane"), "{}", mail.text);
 
-    let prefix = format!("{SITE_URL}/session/reset?id={}&secret=", user.public_id);
-    let start = mail
-        .text
-        .find(&prefix)
-        .unwrap_or_else(|| panic!("no link of the form {prefix}… in:\n{}", mail.text));
-    let secret: String = mail.text[start + prefix.len()..]
-        .chars()
-        .take_while(|c| !c.is_whitespace())
-        .collect();
+    let (id, secret) = reset_link(&mail);
+    assert_eq!(
+        id,
+        user.public_id.to_string(),
+        "the link carries the opaque id"
+    );
     assert_eq!(secret.len(), 43, "32 bytes in URL-safe base64: {secret}");
     assert!(mail.html.contains(&secret), "the HTML part lacks the link");
     assert!(

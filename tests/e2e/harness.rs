@@ -315,3 +315,25 @@ impl TestApi {
         .await
     }
 }
+
+/// Waits until `n` deliveries say sent.
+pub async fn sent_rows(db: &TestDb, n: i64) {
+    eventually(&format!("{n} deliveries to say sent"), PATIENCE, || async {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE outcome = 'sent'")
+                .fetch_one(&db.pool)
+                .await
+                .ok()?;
+        (sent == n).then_some(())
+    })
+    .await;
+}
+
+/// How many emails each recipient got.
+pub fn per_recipient(sink: &SmtpSink) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for mail in sink.received() {
+        *counts.entry(mail.rcpt_to.join(",")).or_insert(0) += 1;
+    }
+    counts
+}

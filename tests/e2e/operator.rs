@@ -1,8 +1,6 @@
 //! The operator's toolkit: dead-letter commands, delivery status, template preview, retention, and
 //! several workers sharing one queue.
 
-use std::collections::HashMap;
-
 use resetmail_shared::db::users::UserStatus;
 use resetmail_testkit::{
     PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
@@ -14,7 +12,9 @@ use resetmail_worker::{
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::harness::{TestApi, TestWorker, decided, job_for, publish, worker_config};
+use crate::harness::{
+    TestApi, TestWorker, decided, job_for, per_recipient, publish, worker_config,
+};
 
 async fn dlq(config: &WorkerConfig, command: DlqCommand) -> String {
     let mut out = Vec::new();
@@ -184,10 +184,7 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
         })
         .await;
     }
-    let mut per_recipient: HashMap<String, usize> = HashMap::new();
-    for mail in sink.received() {
-        *per_recipient.entry(mail.rcpt_to.join(",")).or_default() += 1;
-    }
+    let per_recipient = per_recipient(&sink);
     assert!(
         per_recipient.values().all(|count| *count == 1) && per_recipient.len() == 3,
         "{per_recipient:?}"
@@ -398,10 +395,7 @@ async fn three_workers_share_a_thousand_requests_and_send_each_email_once() {
     }
     sink.wait_for(total, std::time::Duration::from_secs(120))
         .await;
-    let mut per_recipient: HashMap<String, usize> = HashMap::new();
-    for mail in sink.received() {
-        *per_recipient.entry(mail.rcpt_to.join(",")).or_default() += 1;
-    }
+    let per_recipient = per_recipient(&sink);
     let twice: Vec<_> = per_recipient
         .iter()
         .filter(|(_, count)| **count > 1)

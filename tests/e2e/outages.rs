@@ -1,7 +1,5 @@
 //! Broker connections lost or closed while work is under way: nothing is lost, nothing is sent twice.
 
-use std::collections::HashMap;
-
 use resetmail_shared::db::users::UserStatus;
 use resetmail_testkit::{
     PATIENCE,
@@ -13,31 +11,11 @@ use resetmail_testkit::{
 };
 use uuid::Uuid;
 
-use crate::harness::{TestApi, TestWorker, job_for, publish, worker_config};
+use crate::harness::{
+    TestApi, TestWorker, job_for, per_recipient, publish, sent_rows, worker_config,
+};
 
 const OK: &str = r#"{"code":0,"msg":""}"#;
-
-/// Waits until `n` deliveries say sent.
-async fn sent_rows(db: &TestDb, n: i64) {
-    eventually(&format!("{n} deliveries to say sent"), PATIENCE, || async {
-        let sent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE outcome = 'sent'")
-                .fetch_one(&db.pool)
-                .await
-                .ok()?;
-        (sent == n).then_some(())
-    })
-    .await;
-}
-
-/// How many emails each recipient got.
-fn per_recipient(sink: &SmtpSink) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for mail in sink.received() {
-        *counts.entry(mail.rcpt_to.join(",")).or_insert(0) += 1;
-    }
-    counts
-}
 
 #[tokio::test]
 async fn a_worker_that_loses_its_connection_with_jobs_in_flight_loses_none_and_sends_none_twice() {

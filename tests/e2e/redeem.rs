@@ -2,12 +2,10 @@
 
 use argon2::{Argon2, password_hash::PasswordVerifier as _, password_hash::phc::PasswordHash};
 use resetmail_shared::db::users::UserStatus;
-use resetmail_testkit::{
-    PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
-};
+use resetmail_testkit::{PATIENCE, broker::TestBroker, db::TestDb, smtp_sink::SmtpSink};
 use serde_json::json;
 
-use crate::harness::{Answer, TestApi, TestWorker, reset_link, worker_config};
+use crate::harness::{Answer, TestApi, TestWorker, reset_link, sent_rows, worker_config};
 
 const OK: &str = r#"{"code":0,"msg":""}"#;
 
@@ -52,15 +50,7 @@ async fn email_link(site: &Site, email: &str) -> (String, String) {
     let mails = site.sink.wait_for(before + 1, PATIENCE).await;
     let link = reset_link(&mails[before].parsed());
     // The email leaves a moment before its token is committed; wait for the commit.
-    eventually("the token to be committed", PATIENCE, || async {
-        let sent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE outcome = 'sent'")
-                .fetch_one(&site.db.pool)
-                .await
-                .ok()?;
-        (sent as usize > before).then_some(())
-    })
-    .await;
+    sent_rows(&site.db, before as i64 + 1).await;
     link
 }
 

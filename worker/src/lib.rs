@@ -64,11 +64,6 @@ impl Worker {
             health: Arc::new(health::Health::default()),
         })
     }
-
-    /// The templates in use.
-    pub fn templates(&self) -> &Templates {
-        &self.templates
-    }
 }
 
 /// Runs the worker as configured until `shutdown` fires.
