@@ -21,7 +21,6 @@ use axum::{
     extract::DefaultBodyLimit,
     http::StatusCode,
     middleware,
-    response::IntoResponse,
     routing::{get, patch, post},
 };
 use sqlx::PgPool;
@@ -96,8 +95,8 @@ async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-async fn method_not_allowed() -> impl IntoResponse {
-    (StatusCode::METHOD_NOT_ALLOWED, ApiError::MethodNotAllowed)
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// Serves `state` on `listener` until `shutdown` fires, then finishes the requests in flight.
