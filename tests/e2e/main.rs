@@ -9,4 +9,5 @@ mod harness;
 mod operator;
 mod outages;
 mod redeem;
+mod smtp_pool;
 mod worker_jobs;

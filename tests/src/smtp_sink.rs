@@ -78,6 +78,10 @@ struct Shared {
     down: AtomicBool,
     attempts: AtomicU32,
     connections: AtomicU32,
+    /// Connections being served now.
+    open: AtomicU32,
+    /// Bumped to make every open connection close at once.
+    hang_up: watch::Sender<u64>,
 }
 
 /// The injected faults.
@@ -142,6 +146,8 @@ impl SmtpSink {
             down: AtomicBool::new(false),
             attempts: AtomicU32::new(0),
             connections: AtomicU32::new(0),
+            open: AtomicU32::new(0),
+            hang_up: watch::Sender::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         SmtpSink {
@@ -238,6 +244,19 @@ impl SmtpSink {
     /// The number of TCP connections accepted so far, including those refused with `421` while down.
     pub fn connections(&self) -> u32 {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// The number of connections open now.
+    pub fn open_connections(&self) -> u32 {
+        self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Closes every open connection without a word, as a server does with idle clients; wait
+    /// for [`SmtpSink::open_connections`] to reach 0 to know it is done.
+    pub fn hang_up_all(&self) {
+        self.shared
+            .hang_up
+            .send_modify(|generation| *generation += 1);
     }
 }
 
@@ -344,6 +363,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     shared.connections.fetch_add(1, Ordering::SeqCst);
+                    shared.open.fetch_add(1, Ordering::SeqCst);
                     connections.spawn(serve(stream, Arc::clone(&shared)));
                 }
                 // Typically too many open files: back off a little instead of spinning.
@@ -358,8 +378,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     // Best effort: replies are small and must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let _ = Session::new(&mut stream, &shared).run().await;
+    let mut hang_up = shared.hang_up.subscribe();
+    tokio::select! {
+        biased;
+        _ = hang_up.changed() => {}
+        _ = Session::new(&mut stream, &shared).run() => {}
+    }
     let _ = stream.shutdown().await;
+    drop(stream);
+    shared.open.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// What a connection does after a command.

@@ -45,6 +45,7 @@ impl Worker {
             config.smtp_url.as_deref(),
             &config.outbox_dir,
             config.smtp_timeout,
+            usize::from(config.concurrency),
         )?;
         let site_url = config.site_url.trim_end_matches('/').to_owned();
         if !(site_url.starts_with("https://") || site_url.starts_with("http://")) {

@@ -1,12 +1,13 @@
-//! Sending email: lettre's pooled async SMTP transport when an SMTP URL is configured, otherwise
-//! `.eml` files in the outbox directory. Every SMTP send runs under a timeout.
+//! Sending email: SMTP over our own pool of `TCP_NODELAY` connections ([`smtp`]) when an SMTP URL
+//! is configured, otherwise `.eml` files in the outbox directory. Every SMTP send runs under a
+//! timeout.
 
 use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
-use lettre::{
-    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
-};
+use lettre::{AsyncFileTransport, AsyncTransport as _, Message, Tokio1Executor};
+
+pub mod smtp;
 
 /// Why a send failed, classified once, here.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +28,8 @@ pub enum MailError {
 pub enum Mailer {
     /// A real SMTP server.
     Smtp {
-        /// lettre's pooled transport.
-        transport: AsyncSmtpTransport<Tokio1Executor>,
+        /// Kept-alive connections to the server.
+        pool: smtp::Pool,
         /// Upper bound for one send.
         timeout: Duration,
     },
@@ -38,19 +39,23 @@ pub enum Mailer {
 
 impl Mailer {
     /// SMTP from `smtp_url` when given, else the outbox in `outbox_dir` (created if missing).
+    /// `connections` bounds the idle SMTP connections kept (the worker's concurrency).
     pub fn new(
         smtp_url: Option<&str>,
         outbox_dir: &Path,
         timeout: Duration,
+        connections: usize,
     ) -> anyhow::Result<Self> {
         match smtp_url {
             Some(url) => {
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    // lettre's error names the part that is wrong; the URL (with its password) is not shown.
-                    .context("RESETMAIL_SMTP_URL is not a valid SMTP URL")?
-                    .timeout(Some(timeout))
-                    .build();
-                Ok(Self::Smtp { transport, timeout })
+                // The error names the part that is wrong; the URL (with its password) is not shown.
+                let settings = smtp::Settings::from_url(url, timeout).map_err(|reason| {
+                    anyhow::anyhow!("RESETMAIL_SMTP_URL is not a valid SMTP URL: {reason}")
+                })?;
+                Ok(Self::Smtp {
+                    pool: smtp::Pool::new(settings, connections),
+                    timeout,
+                })
             }
             None => {
                 std::fs::create_dir_all(outbox_dir).with_context(|| {
@@ -64,14 +69,16 @@ impl Mailer {
     /// Sends one message.
     pub async fn send(&self, message: Message) -> Result<(), MailError> {
         match self {
-            Self::Smtp { transport, timeout } => {
-                match tokio::time::timeout(*timeout, transport.send(message)).await {
-                    Err(_) => Err(MailError::Transient(format!(
-                        "no answer from the SMTP server within {timeout:?}"
-                    ))),
-                    Ok(Ok(_response)) => Ok(()),
-                    Ok(Err(error)) => Err(classify(&error)),
-                }
+            Self::Smtp { pool, timeout } => {
+                let bytes = message.formatted();
+                // A send cut short by the timeout drops its connection with it.
+                tokio::time::timeout(*timeout, pool.send(message.envelope(), &bytes))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(MailError::Transient(format!(
+                            "no answer from the SMTP server within {timeout:?}"
+                        )))
+                    })
             }
             // A full disk or a missing directory is this machine's problem, not the job's.
             Self::Outbox(transport) => {
