@@ -11,8 +11,7 @@ use resetmail_shared::{
     PasswordResetJob,
     db::{
         deliveries::{self, Outcome},
-        tokens,
-        users::{self, User, UserStatus},
+        users::{User, UserStatus},
     },
     token::ResetToken,
 };
@@ -95,7 +94,7 @@ impl Worker {
             .begin()
             .await
             .context("cannot begin a transaction")?;
-        let claim = deliveries::claim(&mut *tx, job)
+        let (claim, user) = deliveries::claim(&mut *tx, job)
             .await
             .context("cannot record the job")?;
         if claim.outcome.is_final() {
@@ -106,7 +105,7 @@ impl Worker {
         if claim.first && OffsetDateTime::now_utc() - job.requested_at > self.config.job_max_age {
             return decide(tx, job, None, Outcome::Expired).await;
         }
-        let user = match users::find_for_update(&mut *tx, &job.email.match_key()).await? {
+        let user = match user {
             None => return decide(tx, job, None, Outcome::UnknownAccount).await,
             Some(user) if user.status == UserStatus::Banned => {
                 return decide(tx, job, Some(user.id), Outcome::Banned).await;
@@ -116,24 +115,26 @@ impl Worker {
             }
             Some(user) => user,
         };
-        // The account's row is locked: jobs for one account see each other's sends.
-        let (recent, today) =
-            deliveries::recent_sends(&mut *tx, user.id, self.config.account_cooldown).await?;
-        if recent > 0 || today >= i64::from(self.config.account_daily_max) {
-            return decide(tx, job, Some(user.id), Outcome::Throttled).await;
-        }
 
+        // The account's row is locked: jobs for one account see each other's sends.
         let token = ResetToken::generate().context("no randomness from the operating system")?;
-        let token_id = tokens::issue(
-            &mut *tx,
-            user.id,
-            job.job_id,
-            &token.hash(),
-            self.config.token_ttl,
-        )
-        .await
-        .context("cannot store the token")?;
         let message_id = format!("<{}@{}>", job.job_id, self.message_id_domain);
+        let send = deliveries::PreparedSend {
+            job_id: job.job_id,
+            user_id: user.id,
+            token_hash: &token.hash(),
+            token_ttl: self.config.token_ttl,
+            cooldown: self.config.account_cooldown,
+            daily_max: self.config.account_daily_max,
+            message_id: &message_id,
+        };
+        let Some(token_id) = deliveries::prepare_send(&mut *tx, &send)
+            .await
+            .context("cannot store the token")?
+        else {
+            tx.commit().await?;
+            return Ok(JobOutcome::Skipped(Outcome::Throttled));
+        };
         let sent = match self.compose(&user, &token, &message_id) {
             Ok(message) => {
                 let started = std::time::Instant::now();
@@ -145,14 +146,13 @@ impl Worker {
             Err(error) => Err(MailError::Permanent(error)),
         };
         match sent {
+            // The job was recorded as sent, with its token, by `prepare_send`: committing now
+            // makes both true at once.
             Ok(()) => {
-                deliveries::mark_sent(&mut *tx, job.job_id, user.id, &message_id).await?;
                 tx.commit().await.context("cannot record the sent email")?;
                 Ok(JobOutcome::Sent { message_id })
             }
             Err(error) => {
-                // The email never left: its token must never work.
-                tokens::revoke(&mut *tx, token_id).await?;
                 let retry_steps = self.config.broker.retry_delays.0.len();
                 let (give_up, outcome) = match error {
                     MailError::Permanent(text) => {
@@ -164,9 +164,9 @@ impl Worker {
                     MailError::Transient(text) => (false, JobOutcome::Retry(text)),
                     MailError::Systemic(text) => (false, JobOutcome::Pause(text)),
                 };
+                // The email never left: its token must never work.
                 let text = outcome.error().unwrap_or_default();
-                deliveries::record_failure(&mut *tx, job.job_id, Some(user.id), text, give_up)
-                    .await?;
+                deliveries::undo_send(&mut *tx, job.job_id, token_id, text, give_up).await?;
                 tx.commit().await?;
                 Ok(outcome)
             }

@@ -1,12 +1,13 @@
 //! The delivery table: one row per job, the operator's record of what happened to every request,
 //! and the worker's idempotency key.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, time::Duration};
 
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::users::{User, UserRow};
 use crate::PasswordResetJob;
 
 /// What became of a job. Every value but `Pending` is final.
@@ -88,34 +89,175 @@ pub struct Claim {
 }
 
 /// Records the job if it is new, counts this attempt if it is still pending, and locks its row until
-/// the transaction ends: a second delivery of the same job waits here, then finds it decided.
-pub async fn claim(executor: impl PgExecutor<'_>, job: &PasswordResetJob) -> sqlx::Result<Claim> {
-    let (outcome, attempts, first): (String, i32, bool) = sqlx::query_as(
-        "INSERT INTO deliveries
-             (job_id, correlation_id, email, requested_at, attempts, first_attempt_at, last_attempt_at)
-         VALUES ($1, $2, $3, $4, 1, now(), now())
-         ON CONFLICT (job_id) DO UPDATE SET
-             attempts = deliveries.attempts + (deliveries.outcome = 'pending')::int,
-             first_attempt_at = coalesce(deliveries.first_attempt_at, now()),
-             last_attempt_at = CASE WHEN deliveries.outcome = 'pending' THEN now()
-                                    ELSE deliveries.last_attempt_at END,
-             updated_at = now()
-         RETURNING outcome, attempts, (xmax = 0) AS inserted",
+/// the transaction ends: a second delivery of the same job waits here, then finds it decided. While
+/// the job is pending, the same statement finds the account whose address equals `match_key`
+/// (ASCII-lowercased) and locks its row too, always after the job's row (the account's lock depends
+/// on the claim), so that jobs for one account are handled one at a time without deadlocks.
+pub async fn claim(
+    executor: impl PgExecutor<'_>,
+    job: &PasswordResetJob,
+) -> sqlx::Result<(Claim, Option<User>)> {
+    let row: ClaimRow = sqlx::query_as(
+        "WITH claim AS (
+             INSERT INTO deliveries
+                 (job_id, correlation_id, email, requested_at, attempts, first_attempt_at,
+                  last_attempt_at)
+             VALUES ($1, $2, $3, $4, 1, now(), now())
+             ON CONFLICT (job_id) DO UPDATE SET
+                 attempts = deliveries.attempts + (deliveries.outcome = 'pending')::int,
+                 first_attempt_at = coalesce(deliveries.first_attempt_at, now()),
+                 last_attempt_at = CASE WHEN deliveries.outcome = 'pending' THEN now()
+                                        ELSE deliveries.last_attempt_at END,
+                 updated_at = now()
+             RETURNING outcome, attempts, (xmax = 0) AS inserted
+         ), account AS (
+             SELECT id, public_id, email, nick, status, language FROM users
+             WHERE ascii_lower(email) = $5 AND (SELECT outcome FROM claim) = 'pending'
+             FOR NO KEY UPDATE
+         )
+         SELECT claim.outcome AS claim_outcome, claim.attempts AS claim_attempts,
+                claim.inserted AS claim_first, account.*
+         FROM claim LEFT JOIN account ON true",
     )
     .bind(job.job_id)
     .bind(job.correlation_id)
     .bind(job.email.as_str())
     .bind(job.requested_at)
+    .bind(job.email.match_key())
     .fetch_one(executor)
     .await?;
-    let outcome = outcome
+    let outcome = row
+        .claim_outcome
         .parse()
         .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
-    Ok(Claim {
+    let claim = Claim {
         outcome,
-        attempts,
-        first,
-    })
+        attempts: row.claim_attempts,
+        first: row.claim_first,
+    };
+    Ok((claim, row.account().map(User::try_from).transpose()?))
+}
+
+/// The claim, and the account's columns (all NULL without an account).
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    claim_outcome: String,
+    claim_attempts: i32,
+    claim_first: bool,
+    id: Option<i64>,
+    public_id: Option<Uuid>,
+    email: Option<String>,
+    nick: Option<String>,
+    status: Option<String>,
+    language: Option<String>,
+}
+
+impl ClaimRow {
+    fn account(self) -> Option<UserRow> {
+        Some(UserRow {
+            id: self.id?,
+            public_id: self.public_id?,
+            email: self.email?,
+            nick: self.nick,
+            status: self.status?,
+            language: self.language,
+        })
+    }
+}
+
+/// An email about to be sent, for [`prepare_send`].
+#[derive(Clone, Copy, Debug)]
+pub struct PreparedSend<'a> {
+    /// The job.
+    pub job_id: Uuid,
+    /// The account, locked by [`claim`].
+    pub user_id: i64,
+    /// SHA-256 of the new token's secret.
+    pub token_hash: &'a [u8; 32],
+    /// How long the token stays valid.
+    pub token_ttl: Duration,
+    /// At most one email per account within this time.
+    pub cooldown: Duration,
+    /// At most this many emails per account in 24 hours.
+    pub daily_max: u32,
+    /// The Message-ID header of the email.
+    pub message_id: &'a str,
+}
+
+/// Under the account's lock taken by [`claim`] (a statement of its own, so that it sees the sends
+/// committed by whoever held the lock before): unless the account had an email within the cooldown
+/// or its daily maximum, revokes its unused tokens, stores the new one and records the job as sent,
+/// and returns the token's id; otherwise records the job as throttled and returns `None`. The
+/// caller commits once the mail server has accepted the email, or calls [`undo_send`].
+pub async fn prepare_send(
+    executor: impl PgExecutor<'_>,
+    send: &PreparedSend<'_>,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "WITH sends AS (
+             SELECT count(*) FILTER (WHERE sent_at > now() - make_interval(secs => $5)) AS recent,
+                    count(*) AS today
+             FROM deliveries
+             WHERE user_id = $2 AND outcome = 'sent' AND sent_at > now() - interval '24 hours'
+         ), allowed AS (
+             SELECT FROM sends WHERE recent = 0 AND today < $6
+         ), revoked AS (
+             UPDATE password_reset_tokens SET revoked_at = now()
+             WHERE user_id = $2 AND used_at IS NULL AND revoked_at IS NULL
+               AND EXISTS (SELECT FROM allowed)
+         ), token AS (
+             INSERT INTO password_reset_tokens (user_id, token_hash, job_id, expires_at)
+             SELECT $2, $3, $1, now() + make_interval(secs => $4) FROM allowed
+             RETURNING id
+         ), delivery AS (
+             UPDATE deliveries SET
+                 outcome = CASE WHEN EXISTS (SELECT FROM allowed) THEN 'sent' ELSE 'throttled' END,
+                 user_id = $2,
+                 message_id = CASE WHEN EXISTS (SELECT FROM allowed) THEN $7 ELSE message_id END,
+                 sent_at = CASE WHEN EXISTS (SELECT FROM allowed) THEN now() ELSE sent_at END,
+                 last_error = CASE WHEN EXISTS (SELECT FROM allowed) THEN NULL ELSE last_error END,
+                 updated_at = now()
+             WHERE job_id = $1
+         )
+         SELECT (SELECT id FROM token)",
+    )
+    .bind(send.job_id)
+    .bind(send.user_id)
+    .bind(send.token_hash.as_slice())
+    .bind(send.token_ttl.as_secs_f64())
+    .bind(send.cooldown.as_secs_f64())
+    .bind(i64::from(send.daily_max))
+    .bind(send.message_id)
+    .fetch_one(executor)
+    .await
+}
+
+/// The email of [`prepare_send`] never left: its token is revoked (it must never work) and the job
+/// is pending again with `error`, or `failed` when `give_up`.
+pub async fn undo_send(
+    executor: impl PgExecutor<'_>,
+    job_id: Uuid,
+    token_id: i64,
+    error: &str,
+    give_up: bool,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH revoked AS (
+             UPDATE password_reset_tokens SET revoked_at = now()
+             WHERE id = $2 AND revoked_at IS NULL
+         )
+         UPDATE deliveries SET
+             outcome = CASE WHEN $4 THEN 'failed' ELSE 'pending' END,
+             message_id = NULL, sent_at = NULL, last_error = $3, updated_at = now()
+         WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .bind(token_id)
+    .bind(error)
+    .bind(give_up)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// Sets a final outcome that sent nothing (unknown account, banned, expired, ...).
@@ -131,48 +273,6 @@ pub async fn decide(
     .bind(job_id)
     .bind(outcome.as_str())
     .bind(user_id)
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// Records that the mail server accepted the email.
-pub async fn mark_sent(
-    executor: impl PgExecutor<'_>,
-    job_id: Uuid,
-    user_id: i64,
-    message_id: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE deliveries SET outcome = 'sent', user_id = $2, message_id = $3, sent_at = now(),
-                last_error = NULL, updated_at = now()
-         WHERE job_id = $1",
-    )
-    .bind(job_id)
-    .bind(user_id)
-    .bind(message_id)
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// Records a failed attempt; `give_up` makes the outcome `failed`, otherwise it stays pending.
-pub async fn record_failure(
-    executor: impl PgExecutor<'_>,
-    job_id: Uuid,
-    user_id: Option<i64>,
-    error: &str,
-    give_up: bool,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE deliveries SET last_error = $2, user_id = coalesce($3, user_id),
-                outcome = CASE WHEN $4 THEN 'failed' ELSE outcome END, updated_at = now()
-         WHERE job_id = $1",
-    )
-    .bind(job_id)
-    .bind(error)
-    .bind(user_id)
-    .bind(give_up)
     .execute(executor)
     .await?;
     Ok(())
@@ -227,23 +327,6 @@ pub async fn find_by_email(
     )
     .bind(match_key)
     .fetch_all(executor)
-    .await
-}
-
-/// How many emails the account was sent within `cooldown`, and within the last 24 hours.
-pub async fn recent_sends(
-    executor: impl PgExecutor<'_>,
-    user_id: i64,
-    cooldown: std::time::Duration,
-) -> sqlx::Result<(i64, i64)> {
-    sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE sent_at > now() - make_interval(secs => $2)), count(*)
-         FROM deliveries
-         WHERE user_id = $1 AND outcome = 'sent' AND sent_at > now() - interval '24 hours'",
-    )
-    .bind(user_id)
-    .bind(cooldown.as_secs_f64())
-    .fetch_one(executor)
     .await
 }
 

@@ -31,17 +31,6 @@ pub async fn issue(
     .await
 }
 
-/// Revokes one token (its email was never delivered).
-pub async fn revoke(executor: impl PgExecutor<'_>, token_id: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE password_reset_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-    )
-    .bind(token_id)
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
 /// The account a redeemed token belonged to.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Redeemed {

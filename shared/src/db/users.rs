@@ -63,13 +63,13 @@ pub struct User {
 }
 
 #[derive(sqlx::FromRow)]
-struct UserRow {
-    id: i64,
-    public_id: Uuid,
-    email: String,
-    nick: Option<String>,
-    status: String,
-    language: Option<String>,
+pub(super) struct UserRow {
+    pub(super) id: i64,
+    pub(super) public_id: Uuid,
+    pub(super) email: String,
+    pub(super) nick: Option<String>,
+    pub(super) status: String,
+    pub(super) language: Option<String>,
 }
 
 impl TryFrom<UserRow> for User {
@@ -87,22 +87,6 @@ impl TryFrom<UserRow> for User {
             language: row.language,
         })
     }
-}
-
-/// Finds the account whose address equals `match_key` (already ASCII-lowercased) and locks its row
-/// until the transaction ends, so that jobs for one account are handled one at a time.
-pub async fn find_for_update(
-    executor: impl PgExecutor<'_>,
-    match_key: &str,
-) -> sqlx::Result<Option<User>> {
-    let row: Option<UserRow> = sqlx::query_as(
-        "SELECT id, public_id, email, nick, status, language FROM users
-         WHERE ascii_lower(email) = $1 FOR NO KEY UPDATE",
-    )
-    .bind(match_key)
-    .fetch_optional(executor)
-    .await?;
-    row.map(User::try_from).transpose()
 }
 
 /// A new account, as `resetmail-api user add` creates it.
