@@ -7,7 +7,7 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use lapin::{BasicProperties, Channel, Connection, Event, options::ConfirmSelectOptions};
+use lapin::{Channel, Connection, Event, options::ConfirmSelectOptions};
 use resetmail_shared::{
     Job,
     amqp::{self, Backoff},
@@ -100,12 +100,7 @@ impl Publisher {
 
     async fn publish_confirmed(&self, job: &Job) -> Result<(), PublishError> {
         let channel = self.current().ok_or(PublishError::Unavailable)?;
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(job.job_id().to_string().into())
-            .with_correlation_id(job.correlation_id().to_string().into())
-            .with_type("password_reset".into());
+        let properties = amqp::job_properties(job);
         let (body, queue) = (job.encode(), self.inner.topology.work_queue());
         let confirm = amqp::publish_confirmed(&channel, "", &queue, &body, properties);
         match tokio::time::timeout(self.inner.confirm_timeout, confirm).await {

@@ -79,6 +79,17 @@ pub enum ConfirmError {
     Returned(String),
 }
 
+/// The properties every job is published with: persistent, JSON, its job id as `message_id` and
+/// its correlation id.
+pub fn job_properties(job: &crate::Job) -> lapin::BasicProperties {
+    lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(job.job_id().to_string().into())
+        .with_correlation_id(job.correlation_id().to_string().into())
+        .with_type("password_reset".into())
+}
+
 /// Publishes `body` as mandatory on a confirm-mode `channel` and waits for the broker's confirm: `Ok`
 /// only when the broker has taken the message into a queue.
 pub async fn publish_confirmed(
