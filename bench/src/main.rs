@@ -438,6 +438,51 @@ struct WorkerFigures {
     worker: f64,
     smtp: f64,
     tokens: f64,
+    /// The worker process's CPU time (user + system) per email, start-up included.
+    cpu_ms_per_email: f64,
+    /// The share of the machine's CPU time that was busy while the worker ran (0–1).
+    machine_busy: f64,
+}
+
+/// Clock ticks of the whole machine, busy and in all (`/proc/stat`).
+struct MachineCpu {
+    busy: f64,
+    total: f64,
+}
+
+fn machine_cpu() -> anyhow::Result<MachineCpu> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    Ok(MachineCpu {
+        busy: total - idle,
+        total,
+    })
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let after_name = stat
+        .rsplit_once(')')
+        .context("no command name in /proc/<pid>/stat")?
+        .1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).context("short /proc/<pid>/stat")?.parse()?)
+    };
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state; 100 ticks a second.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 impl WorkerFigures {
@@ -507,12 +552,17 @@ async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
             ("RESETMAIL_WORKER_HTTP_ADDR", "off".into()),
         ],
     )?;
+    let machine_before = machine_cpu()?;
     sink.wait_for(options.jobs, Duration::from_secs(300))
         .await?;
+    let machine_after = machine_cpu()?;
     let worker = WorkerFigures {
         worker: rate(options.jobs, sink.span())?,
         smtp,
         tokens,
+        cpu_ms_per_email: process_cpu_seconds(worker_pid)? * 1000.0 / options.jobs as f64,
+        machine_busy: (machine_after.busy - machine_before.busy)
+            / (machine_after.total - machine_before.total),
     };
 
     let peak = api.iter().map(|row| row.api.per_second).fold(0.0, f64::max);
@@ -594,6 +644,11 @@ fn print(report: &Report) {
         w.tokens,
         w.ratio()
     );
+    println!(
+        "  worker CPU {:.2} ms per email; the machine was {:.0} % busy while it ran",
+        w.cpu_ms_per_email,
+        w.machine_busy * 100.0
+    );
     let e = &report.e2e;
     println!(
         "end to end at {:.0} req/s (half the api peak): p50 {:.2} ms, p99 {:.2} ms \
@@ -626,6 +681,8 @@ fn print(report: &Report) {
             "bare_smtp_per_s": round(w.smtp),
             "token_tx_per_s": round(w.tokens),
             "ratio": round(w.ratio()),
+            "cpu_ms_per_email": round(w.cpu_ms_per_email),
+            "machine_busy": round(w.machine_busy),
         },
         "e2e": {
             "offered_rps": round(e.rate),
