@@ -35,6 +35,9 @@ use super::{MailError, classify};
 /// A parked connection is closed when it has been idle this long (lettre's default too).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long an idle connection being closed may take to answer QUIT.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How the connection is protected, from the URL's scheme and `tls` parameter.
 enum Security {
     /// `smtp://` without `tls`: plain text.
@@ -317,17 +320,16 @@ impl Pool {
     async fn checkout(&self) -> Result<AsyncSmtpConnection, MailError> {
         loop {
             let parked = lock(&self.inner.idle).pop();
+            // A stale or broken connection is dropped without QUIT: a server that stopped
+            // answering must not hold up the job that found it.
             match parked {
                 None => return self.inner.settings.connect().await,
-                Some(mut parked) if parked.since.elapsed() > IDLE_TIMEOUT => {
-                    parked.connection.abort().await;
-                }
+                Some(parked) if parked.since.elapsed() > IDLE_TIMEOUT => {}
                 Some(mut parked) => {
                     if parked.connection.test_connected().await {
                         return Ok(parked.connection);
                     }
                     tracing::debug!("dropping an SMTP connection that failed its NOOP check");
-                    parked.connection.abort().await;
                 }
             }
         }
@@ -348,12 +350,7 @@ impl Pool {
             }
         }
         // A surplus connection says QUIT rather than just vanish.
-        connection.abort().await;
-    }
-
-    /// How many connections are parked now.
-    pub fn idle(&self) -> usize {
-        lock(&self.inner.idle).len()
+        let _ = tokio::time::timeout(QUIT_TIMEOUT, connection.abort()).await;
     }
 }
 
@@ -378,7 +375,8 @@ async fn sweep(pool: Weak<Inner>) {
         };
         drop(inner);
         for mut parked in expired {
-            parked.connection.abort().await;
+            let quit = parked.connection.abort();
+            let _ = tokio::time::timeout(QUIT_TIMEOUT, quit).await;
         }
     }
 }
