@@ -93,6 +93,12 @@ struct Run {
 impl Run {
     async fn start(options: &Options) -> anyhow::Result<Self> {
         let name = format!("resetmail_bench_{}", std::process::id());
+        let bin_dir = std::env::current_exe()?
+            .parent()
+            .context("the bench binary has no directory")?
+            .to_owned();
+        let log_dir = bin_dir.join("bench-logs");
+        std::fs::create_dir_all(&log_dir)?;
         let database_url = url_with_database(&options.database_server, &name);
         let pool = db::connect(&DatabaseConfig {
             url: database_url.clone(),
@@ -106,18 +112,25 @@ impl Run {
             retry_delays: RetryDelays::parse("5s,30s,2m,10m,30m").map_err(anyhow::Error::msg)?,
         };
         let topology = Topology::new(&broker_config);
-        let broker = resetmail_shared::amqp::connect(&options.amqp_url, "resetmail-bench").await?;
-        let channel = broker.create_channel().await?;
-        channel
-            .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await?;
-        topology.declare(&channel).await?;
-        let bin_dir = std::env::current_exe()?
-            .parent()
-            .context("the bench binary has no directory")?
-            .to_owned();
-        let log_dir = bin_dir.join("bench-logs");
-        std::fs::create_dir_all(&log_dir)?;
+        let broker = async {
+            let broker =
+                resetmail_shared::amqp::connect(&options.amqp_url, "resetmail-bench").await?;
+            let channel = broker.create_channel().await?;
+            channel
+                .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await?;
+            topology.declare(&channel).await?;
+            anyhow::Ok((broker, channel))
+        }
+        .await;
+        let (broker, channel) = match broker {
+            Ok(broker) => broker,
+            Err(error) => {
+                pool.close().await;
+                drop_database(&options.database_server, &name).await;
+                return Err(error);
+            }
+        };
         Ok(Self {
             admin_url: options.database_server.clone(),
             name,
@@ -186,18 +199,22 @@ impl Run {
         }
         let _ = self.broker.close(200, "bench done".into()).await;
         self.pool.close().await;
-        match sqlx::PgConnection::connect(&self.admin_url).await {
-            Ok(mut admin) => {
-                let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-                if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                    .execute(&mut admin)
-                    .await
-                {
-                    eprintln!("could not drop the database {}: {error}", self.name);
-                }
-            }
-            Err(error) => eprintln!("could not drop the database {}: {error}", self.name),
-        }
+        drop_database(&self.admin_url, &self.name).await;
+    }
+}
+
+/// Drops the run's database; says so on standard error if it cannot.
+async fn drop_database(admin_url: &str, name: &str) {
+    let dropped = async {
+        let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(&mut admin)
+            .await
+    }
+    .await;
+    if let Err(error) = dropped {
+        eprintln!("could not drop the database {name}: {error}");
     }
 }
 
@@ -393,8 +410,8 @@ async fn bare_smtp(sink: &Sink, n: usize) -> anyhow::Result<f64> {
     rate(n, sink.span())
 }
 
-/// Token transactions per second on PostgreSQL alone: `BEGIN`, the worker's token statement,
-/// `COMMIT`, on `WORKER_CONCURRENCY` connections.
+/// Token transactions per second on PostgreSQL alone: `BEGIN`, one statement that revokes the
+/// account's older tokens and stores a new one, `COMMIT`, on `WORKER_CONCURRENCY` connections.
 async fn token_transactions(pool: &PgPool, accounts: Vec<i64>) -> anyhow::Result<f64> {
     let n = accounts.len();
     let accounts = Arc::new(accounts);
@@ -409,15 +426,21 @@ async fn token_transactions(pool: &PgPool, accounts: Vec<i64>) -> anyhow::Result
                 let Some(&account) = accounts.get(i) else {
                     return anyhow::Ok(());
                 };
-                let mut tx = pool.begin().await?;
                 let token = ResetToken::generate()?;
-                db::tokens::issue(
-                    &mut *tx,
-                    account,
-                    uuid::Uuid::new_v4(),
-                    &token.hash(),
-                    Duration::from_secs(3600),
+                let mut tx = pool.begin().await?;
+                // The least a token needs: the account's older ones revoked, the new one stored.
+                sqlx::query(
+                    "WITH revoked AS (
+                         UPDATE password_reset_tokens SET revoked_at = now()
+                         WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL
+                     )
+                     INSERT INTO password_reset_tokens (user_id, token_hash, job_id, expires_at)
+                     VALUES ($1, $2, $3, now() + interval '1 hour')",
                 )
+                .bind(account)
+                .bind(token.hash().as_slice())
+                .bind(uuid::Uuid::new_v4())
+                .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
             }

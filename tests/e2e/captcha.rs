@@ -2,7 +2,6 @@
 //! verifier served by the test.
 
 use std::{
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -12,7 +11,6 @@ use base64::Engine as _;
 use resetmail_api::captcha::graphic::{TICKET_LEN, answer_hash};
 use resetmail_testkit::{broker::TestBroker, db::TestDb};
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::harness::{Answer, TestApi};
 
@@ -231,7 +229,8 @@ async fn expired_captcha_tickets_are_pruned() {
 
 /// A stand-in for a provider's siteverify endpoint; its verdict depends on the token.
 struct FakeVerifier {
-    addr: SocketAddr,
+    /// `http://127.0.0.1:port`.
+    base: String,
     seen: Arc<Mutex<Vec<(String, String, String)>>>,
 }
 
@@ -241,18 +240,13 @@ impl FakeVerifier {
         let app = Router::new()
             .route("/{*path}", routing::post(verdict))
             .with_state(seen.clone());
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|error| panic!("{error}"));
+        let (listener, base) = crate::harness::local_listener().await;
         tokio::spawn(async move { axum::serve(listener, app).await });
-        FakeVerifier { addr, seen }
+        FakeVerifier { base, seen }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.base)
     }
 
     /// (path, content type, body) of every request so far.

@@ -157,15 +157,7 @@ impl TestApi {
         );
         let shutdown = CancellationToken::new();
         let publisher = Publisher::start(&config.broker, config.publish_timeout, shutdown.clone());
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        let base = format!(
-            "http://{}",
-            listener
-                .local_addr()
-                .unwrap_or_else(|error| panic!("{error}"))
-        );
+        let (listener, base) = local_listener().await;
         let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limit));
         let state = AppState {
             config: Arc::new(config),
@@ -336,4 +328,15 @@ pub fn per_recipient(sink: &SmtpSink) -> std::collections::HashMap<String, usize
         *counts.entry(mail.rcpt_to.join(",")).or_insert(0) += 1;
     }
     counts
+}
+
+/// A listener on a free loopback port, and its base URL `http://127.0.0.1:port`.
+pub async fn local_listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|error| panic!("{error}"));
+    (listener, format!("http://{addr}"))
 }

@@ -445,15 +445,7 @@ async fn the_worker_serves_health_readiness_and_its_job_metrics() {
     decided(&db, job.job_id).await;
 
     let health = std::sync::Arc::new(resetmail_worker::health::Health::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    let base = format!(
-        "http://{}",
-        listener
-            .local_addr()
-            .unwrap_or_else(|error| panic!("{error}"))
-    );
+    let (listener, base) = crate::harness::local_listener().await;
     let probe = resetmail_worker::health::Probe {
         health: health.clone(),
         pool: db.pool.clone(),
