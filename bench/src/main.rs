@@ -28,6 +28,7 @@ use lettre::{
 };
 use load::{Figures, HttpClient, PublishClient, closed_loop, median};
 use resetmail_shared::{
+    Job,
     config::{BrokerConfig, DatabaseConfig, QueueType, RetryDelays},
     db,
     token::ResetToken,
@@ -291,6 +292,9 @@ struct ApiRow {
     clients: usize,
     api: Figures,
     baseline: Figures,
+    /// CPU ms per request by program, in the last round: api, then baseline.
+    api_cpu: Vec<(String, f64)>,
+    baseline_cpu: Vec<(String, f64)>,
 }
 
 impl ApiRow {
@@ -317,12 +321,16 @@ async fn bench_api(run: &Run, options: &Options, api: SocketAddr) -> anyhow::Res
     let mut rows = Vec::new();
     for clients in CLIENTS {
         let (mut api_runs, mut baseline_runs) = (Vec::new(), Vec::new());
+        let (mut api_cpu, mut baseline_cpu) = (Vec::new(), Vec::new());
         for round in 0..options.rounds {
             // Alternate which goes first, so a drift of the machine's load favours neither.
             for api_first in [round % 2 == 0, round % 2 != 0] {
                 if api_first {
                     let http = http_clients(api, clients, &format!("a{clients}r{round}-")).await?;
-                    api_runs.push(closed_loop(http, warmup, window).await);
+                    let before = cpu_by_program();
+                    let figures = closed_loop(http, warmup, window).await;
+                    api_cpu = cpu_split(&before, &cpu_by_program(), requests(&figures, warmup));
+                    api_runs.push(figures);
                 } else {
                     let publishers = (0..clients)
                         .map(|_| PublishClient {
@@ -330,7 +338,11 @@ async fn bench_api(run: &Run, options: &Options, api: SocketAddr) -> anyhow::Res
                             queue: run.topology.work_queue(),
                         })
                         .collect();
-                    baseline_runs.push(closed_loop(publishers, warmup, window).await);
+                    let before = cpu_by_program();
+                    let figures = closed_loop(publishers, warmup, window).await;
+                    baseline_cpu =
+                        cpu_split(&before, &cpu_by_program(), requests(&figures, warmup));
+                    baseline_runs.push(figures);
                 }
                 run.purge().await?;
             }
@@ -339,6 +351,8 @@ async fn bench_api(run: &Run, options: &Options, api: SocketAddr) -> anyhow::Res
             clients,
             api: medians(&api_runs),
             baseline: medians(&baseline_runs),
+            api_cpu,
+            baseline_cpu,
         };
         eprintln!(
             "api, {clients} clients: {:.0}/s vs baseline {:.0}/s",
@@ -410,39 +424,32 @@ async fn bare_smtp(sink: &Sink, n: usize) -> anyhow::Result<f64> {
     rate(n, sink.span())
 }
 
-/// Token transactions per second on PostgreSQL alone: `BEGIN`, one statement that revokes the
-/// account's older tokens and stores a new one, `COMMIT`, on `WORKER_CONCURRENCY` connections.
-async fn token_transactions(pool: &PgPool, accounts: Vec<i64>) -> anyhow::Result<f64> {
-    let n = accounts.len();
-    let accounts = Arc::new(accounts);
+/// Transactions per second of `transaction`, run once per item on `WORKER_CONCURRENCY` connections.
+async fn transactions_per_second<T, F, Fut>(
+    pool: &PgPool,
+    items: Vec<T>,
+    transaction: F,
+) -> anyhow::Result<f64>
+where
+    T: Send + Sync + 'static,
+    F: Fn(PgPool, Arc<Vec<T>>, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let n = items.len();
+    let items = Arc::new(items);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..WORKER_CONCURRENCY {
-        let (pool, accounts, next) = (pool.clone(), Arc::clone(&accounts), Arc::clone(&next));
+        let (pool, items, next) = (pool.clone(), Arc::clone(&items), Arc::clone(&next));
+        let transaction = transaction.clone();
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&account) = accounts.get(i) else {
+                if i >= items.len() {
                     return anyhow::Ok(());
-                };
-                let token = ResetToken::generate()?;
-                let mut tx = pool.begin().await?;
-                // The least a token needs: the account's older ones revoked, the new one stored.
-                sqlx::query(
-                    "WITH revoked AS (
-                         UPDATE password_reset_tokens SET revoked_at = now()
-                         WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL
-                     )
-                     INSERT INTO password_reset_tokens (user_id, token_hash, job_id, expires_at)
-                     VALUES ($1, $2, $3, now() + interval '1 hour')",
-                )
-                .bind(account)
-                .bind(token.hash().as_slice())
-                .bind(uuid::Uuid::new_v4())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
+                }
+                transaction(pool.clone(), Arc::clone(&items), i).await?;
             }
         });
     }
@@ -450,6 +457,61 @@ async fn token_transactions(pool: &PgPool, accounts: Vec<i64>) -> anyhow::Result
         done??;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Token transactions per second on PostgreSQL alone: `BEGIN`, one statement that revokes the
+/// account's older tokens and stores a new one, `COMMIT`.
+async fn token_transactions(pool: &PgPool, accounts: Vec<i64>) -> anyhow::Result<f64> {
+    transactions_per_second(pool, accounts, |pool, accounts, i| async move {
+        let token = ResetToken::generate()?;
+        let mut tx = pool.begin().await?;
+        // The least a token needs: the account's older ones revoked, the new one stored.
+        sqlx::query(
+            "WITH revoked AS (
+                 UPDATE password_reset_tokens SET revoked_at = now()
+                 WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL
+             )
+             INSERT INTO password_reset_tokens (user_id, token_hash, job_id, expires_at)
+             VALUES ($1, $2, $3, now() + interval '1 hour')",
+        )
+        .bind(accounts[i])
+        .bind(token.hash().as_slice())
+        .bind(uuid::Uuid::new_v4())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The worker's whole database transaction for a job, alone (no broker, no SMTP): `BEGIN`, the
+/// worker's own `deliveries::claim` and `deliveries::prepare_send`, `COMMIT`. Not a limit the
+/// worker is held to, but it tells how much of the gap to the token transaction is the job's
+/// bookkeeping (its delivery record, the account's lock, the throttle) and how much the rest.
+async fn job_transactions(pool: &PgPool, emails: Vec<String>) -> anyhow::Result<f64> {
+    transactions_per_second(pool, emails, |pool, emails, i| async move {
+        let Job::PasswordReset(job) = load::job(&emails[i]);
+        let token = ResetToken::generate()?;
+        let mut tx = pool.begin().await?;
+        let (_claim, user) = db::deliveries::claim(&mut *tx, &job).await?;
+        let user = user.context("a bench account is missing")?;
+        let send = db::deliveries::PreparedSend {
+            job_id: job.job_id,
+            user_id: user.id,
+            token_hash: &token.hash(),
+            token_ttl: Duration::from_secs(3600),
+            cooldown: Duration::from_secs(60),
+            daily_max: 5,
+            message_id: &format!("<{}@localhost>", job.job_id),
+        };
+        db::deliveries::prepare_send(&mut *tx, &send)
+            .await?
+            .context("a bench account was throttled")?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await
 }
 
 fn rate(n: usize, span: Option<Duration>) -> anyhow::Result<f64> {
@@ -461,10 +523,14 @@ struct WorkerFigures {
     worker: f64,
     smtp: f64,
     tokens: f64,
+    /// The job's database transaction alone (for reading, not a baseline of the ratio).
+    job_tx: f64,
     /// The worker process's CPU time (user + system) per email, start-up included.
     cpu_ms_per_email: f64,
     /// The share of the machine's CPU time that was busy while the worker ran (0–1).
     machine_busy: f64,
+    /// CPU ms per email by program while the worker ran.
+    cpu: Vec<(String, f64)>,
 }
 
 /// Clock ticks of the whole machine, busy and in all (`/proc/stat`).
@@ -495,17 +561,56 @@ fn machine_cpu() -> anyhow::Result<MachineCpu> {
 /// CPU seconds (user + system) a process has used so far.
 fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let after_name = stat
-        .rsplit_once(')')
-        .context("no command name in /proc/<pid>/stat")?
-        .1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields.get(i).context("short /proc/<pid>/stat")?.parse()?)
-    };
-    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state; 100 ticks a second.
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
+    Ok(parse_stat(&stat).context("unreadable /proc/<pid>/stat")?.1)
+}
+
+/// The command name and CPU seconds of a `/proc/<pid>/stat` line.
+fn parse_stat(stat: &str) -> Option<(String, f64)> {
+    let (head, after_name) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    // Fields after the name start at the state (field 3); utime and stime are fields 14 and 15,
+    // i.e. 11 and 12 after the state, in ticks of 1/100 s.
+    let fields: Vec<f64> = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    Some((name, fields.iter().sum::<f64>() / 100.0))
+}
+
+/// CPU seconds used so far by every running process, summed by command name.
+fn cpu_by_program() -> std::collections::BTreeMap<String, f64> {
+    let mut programs = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if let Some((name, seconds)) = parse_stat(&stat) {
+            // Kernel threads such as `kworker/1:5-events` count under their base name.
+            let name = name.split('/').next().unwrap_or_default().to_owned();
+            *programs.entry(name).or_insert(0.0) += seconds;
+        }
+    }
+    programs
+}
+
+/// Where the CPU went between two [`cpu_by_program`] readings: the busiest programs, in ms per
+/// `unit` (an email, a request).
+fn cpu_split(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    units: usize,
+) -> Vec<(String, f64)> {
+    let mut used: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, seconds)| {
+            let spent = seconds - before.get(name).copied().unwrap_or(0.0);
+            (name.clone(), spent * 1000.0 / units.max(1) as f64)
+        })
+        .filter(|(_, ms)| *ms >= 0.01)
+        .collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used.truncate(5);
+    used
 }
 
 impl WorkerFigures {
@@ -562,6 +667,11 @@ async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
     let smtp = bare_smtp(&sink, options.jobs).await?;
     let token_accounts = seed_accounts(&run.pool, "t", options.jobs).await?;
     let tokens = token_transactions(&run.pool, token_accounts).await?;
+    seed_accounts(&run.pool, "j", options.jobs).await?;
+    let job_emails = (0..options.jobs)
+        .map(|i| format!("j{i}@bench.example"))
+        .collect();
+    let job_tx = job_transactions(&run.pool, job_emails).await?;
     seed_accounts(&run.pool, "w", options.jobs).await?;
     let emails = (0..options.jobs)
         .map(|i| format!("w{i}@bench.example"))
@@ -576,16 +686,20 @@ async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
         ],
     )?;
     let machine_before = machine_cpu()?;
+    let programs_before = cpu_by_program();
     sink.wait_for(options.jobs, Duration::from_secs(300))
         .await?;
     let machine_after = machine_cpu()?;
+    let cpu = cpu_split(&programs_before, &cpu_by_program(), options.jobs);
     let worker = WorkerFigures {
         worker: rate(options.jobs, sink.span())?,
         smtp,
         tokens,
+        job_tx,
         cpu_ms_per_email: process_cpu_seconds(worker_pid)? * 1000.0 / options.jobs as f64,
         machine_busy: (machine_after.busy - machine_before.busy)
             / (machine_after.total - machine_before.total),
+        cpu,
     };
 
     let peak = api.iter().map(|row| row.api.per_second).fold(0.0, f64::max);
@@ -657,6 +771,14 @@ fn print(report: &Report) {
             row.ratio()
         );
     }
+    for row in &report.api {
+        println!(
+            "  CPU ms per request at {} clients: api run {}; baseline run {}",
+            row.clients,
+            show_cpu(&row.api_cpu),
+            show_cpu(&row.baseline_cpu)
+        );
+    }
     let w = &report.worker;
     println!();
     println!(
@@ -671,6 +793,13 @@ fn print(report: &Report) {
         "  worker CPU {:.2} ms per email; the machine was {:.0} % busy while it ran",
         w.cpu_ms_per_email,
         w.machine_busy * 100.0
+    );
+    println!("  CPU ms per email while it ran: {}", show_cpu(&w.cpu));
+    println!(
+        "  for reading: the job's database transaction alone (claim, prepare_send, commit) {:.0}/s, \
+         {:.2} of the token transaction",
+        w.job_tx,
+        w.job_tx / w.tokens
     );
     let e = &report.e2e;
     println!(
@@ -703,6 +832,7 @@ fn print(report: &Report) {
             "emails_per_s": round(w.worker),
             "bare_smtp_per_s": round(w.smtp),
             "token_tx_per_s": round(w.tokens),
+            "job_tx_per_s": round(w.job_tx),
             "ratio": round(w.ratio()),
             "cpu_ms_per_email": round(w.cpu_ms_per_email),
             "machine_busy": round(w.machine_busy),
@@ -727,6 +857,19 @@ fn print(report: &Report) {
     });
     println!();
     println!("{json}");
+}
+
+fn show_cpu(split: &[(String, f64)]) -> String {
+    split
+        .iter()
+        .map(|(name, ms)| format!("{name} {ms:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Requests a closed loop made in all, warm-up included (its figures count the window only).
+fn requests(figures: &Figures, warmup: Duration) -> usize {
+    figures.count + figures.failed + (figures.per_second * warmup.as_secs_f64()) as usize
 }
 
 fn round(value: f64) -> f64 {
