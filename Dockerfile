@@ -19,14 +19,15 @@ ARG DEBIAN_RELEASE=bookworm
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
 WORKDIR /src
 
-# The whole workspace: its `members` include tests/, whose manifest and sources must be present
-# even though it is not built; shared embeds migrations/ and the worker embeds worker/templates/
+# The whole workspace: its `members` include tests/ and bench/, whose manifests and sources must
+# be present even though they are not built; shared embeds migrations/ and the worker embeds worker/templates/
 # at compile time.
 COPY Cargo.toml Cargo.lock ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
 COPY tests ./tests
+COPY bench ./bench
 COPY migrations ./migrations
 
 # The registry and the target dir are cache mounts (kept between builds, never in a layer), so
