@@ -31,11 +31,6 @@ enum UserCommand {
     Add(commands::AddUser),
 }
 
-/// mimalloc instead of the system allocator: a request or a job allocates and frees many small
-/// buffers, and glibc's malloc spent a tenth of the api's CPU on them (perf, under the bench).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
