@@ -127,7 +127,10 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Resu
     let listener = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    tracing::info!(http.addr = %config.http_addr, base_path = %config.base_path, "resetmail-api listening");
+    let bound = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    tracing::info!(http.addr = %bound, base_path = %config.base_path, "resetmail-api listening");
     let limit = config.shutdown_timeout;
     let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limit));
     tokio::spawn(forget_idle_clients(rate_limiter.clone(), shutdown.clone()));

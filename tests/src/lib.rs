@@ -1,9 +1,11 @@
 //! Fixtures for resetmail's tests, on real services: a fresh PostgreSQL database per test, a unique
 //! RabbitMQ queue prefix per test (both removed afterwards, even when the test fails), an in-process
-//! SMTP server over TCP, and a TCP proxy that can cut a connection to simulate an outage.
+//! SMTP server over TCP, a TCP proxy that can cut a connection to simulate an outage, and the
+//! binaries run as child processes.
 
 pub mod broker;
 pub mod db;
+pub mod process;
 pub mod proxy;
 pub mod smtp_sink;
 

@@ -34,10 +34,12 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut out = std::io::stdout().lock();
+    resetmail_shared::telemetry::init(&cli.config.log);
+    // Not locked: a lock held across the awaits below would stop every log line (all go to stderr,
+    // but a writer that ever took stdout would wait on it forever).
+    let mut out = std::io::stdout();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            resetmail_shared::telemetry::init(&cli.config.log);
             let shutdown = CancellationToken::new();
             tokio::spawn(resetmail_shared::shutdown::on_signal(shutdown.clone()));
             resetmail_worker::run(cli.config, shutdown).await

@@ -1,0 +1,135 @@
+//! `resetmail-api` run as a process: reset requests queued, `/healthz`, `SIGTERM`, its logs.
+
+use resetmail_testkit::{
+    PATIENCE,
+    broker::TestBroker,
+    db::TestDb,
+    process::{Process, http_get, http_post_json, log_field},
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_resetmail-api");
+
+/// The environment of an api on the test's database and broker prefix, on any free port.
+fn environment(db: &TestDb, broker: &TestBroker) -> Vec<(&'static str, String)> {
+    let delays: Vec<String> = broker
+        .config
+        .retry_delays
+        .0
+        .iter()
+        .map(|delay| resetmail_shared::config::format_duration(*delay))
+        .collect();
+    vec![
+        ("DATABASE_URL", db.config.url.clone()),
+        ("AMQP_URL", broker.config.url.clone()),
+        ("RESETMAIL_QUEUE_PREFIX", broker.config.queue_prefix.clone()),
+        ("RESETMAIL_RETRY_DELAYS", delays.join(",")),
+        ("RESETMAIL_HTTP_ADDR", "127.0.0.1:0".into()),
+        // Every request of a test comes from one address.
+        ("RESETMAIL_RATE_LIMIT", "100000".into()),
+        ("RESETMAIL_RATE_BURST", "100000".into()),
+    ]
+}
+
+/// The address the api listens on, read from its start-up line (JSON or pretty).
+async fn http_addr(api: &Process) -> String {
+    let line = api
+        .wait_for_line("saying where the api listens", PATIENCE, |line| {
+            line.contains("resetmail-api listening")
+        })
+        .await;
+    log_field(&line, "http.addr").unwrap_or_else(|| panic!("no http.addr on: {line}"))
+}
+
+/// Posts a reset until the api's broker connection is up, then `requests` more;
+/// every answer must be code 0.
+async fn ask_resets(addr: &str, requests: usize) {
+    // The api answers 503 / 40028 until its publisher has connected; that is its contract.
+    resetmail_testkit::eventually("the api to queue a request", PATIENCE, || async {
+        let (status, body) = http_post_json(
+            addr,
+            "/api/v4/user/reset",
+            r#"{"email":"first@example.com"}"#,
+            PATIENCE,
+        )
+        .await;
+        (status == 200 && body == r#"{"code":0,"msg":""}"#).then_some(())
+    })
+    .await;
+    for i in 0..requests {
+        let (status, body) = http_post_json(
+            addr,
+            "/api/v4/user/reset",
+            &format!(r#"{{"email":"user{i}@example.com"}}"#),
+            PATIENCE,
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (200, r#"{"code":0,"msg":""}"#));
+    }
+}
+
+/// Queues requests, answers `/healthz`, stops on SIGTERM; returns its log lines.
+async fn serve_then_stop(format: &str) -> Vec<String> {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let mut env = environment(&db, &broker);
+    env.push(("RESETMAIL_LOG_FORMAT", format.into()));
+    let mut api = Process::start(BINARY, &[], &env);
+    let addr = http_addr(&api).await;
+
+    ask_resets(&addr, 5).await;
+    broker
+        .wait_for_count(&broker.topology.work_queue(), 6, PATIENCE)
+        .await;
+    let (status, body) = http_get(&addr, "/healthz", PATIENCE).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(&addr, "/readyz", PATIENCE).await;
+    assert_eq!(status, 200, "{body}");
+
+    api.terminate();
+    let exit = api.wait_exit(PATIENCE).await;
+    assert!(
+        exit.success(),
+        "exit {exit:?}:\n{}",
+        api.stderr().join("\n")
+    );
+    assert!(
+        api.stdout().is_empty(),
+        "logs belong on stderr, stdout got: {:?}",
+        api.stdout()
+    );
+    api.stderr()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_json_logs_the_api_queues_answers_healthz_and_stops_on_sigterm() {
+    let lines = serve_then_stop("json").await;
+    for line in &lines {
+        let parsed: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("not a JSON log line ({error}): {line}"));
+        assert!(
+            parsed["level"].is_string() && parsed["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("connected to the broker")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_pretty_logs_the_api_queues_answers_healthz_and_stops_on_sigterm() {
+    let lines = serve_then_stop("pretty").await;
+    assert!(
+        lines.iter().all(|line| !line.contains('\u{1b}')),
+        "colour codes in logs that go to a pipe"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("connected to the broker")),
+        "{lines:#?}"
+    );
+}

@@ -1,0 +1,253 @@
+//! `Process`: one of resetmail's binaries run as operators run it — a child process configured by
+//! environment variables — with its standard error captured line by line and its standard output
+//! kept apart, so that tests can read its logs, signal it and watch it stop.
+
+use std::{
+    process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncRead, BufReader},
+    process::{Child, Command},
+    sync::watch,
+};
+
+/// A running binary; killed when dropped.
+pub struct Process {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stderr_lines: watch::Sender<usize>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    /// The tasks reading the pipes; they end when the process has closed them.
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Process {
+    /// Starts `binary` with `args` and exactly the environment `env` (plus `PATH`), nothing
+    /// inherited: a variable set on the test runner must not change what is under test.
+    pub fn start(binary: &str, args: &[&str], env: &[(&str, String)]) -> Process {
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {binary}: {error}"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr_lines = watch::Sender::new(0);
+        let mut readers = Vec::new();
+        if let Some(pipe) = child.stderr.take() {
+            readers.push(tokio::spawn(collect(
+                pipe,
+                stderr.clone(),
+                Some(stderr_lines.clone()),
+            )));
+        }
+        if let Some(pipe) = child.stdout.take() {
+            readers.push(tokio::spawn(collect(pipe, stdout.clone(), None)));
+        }
+        Process {
+            child,
+            stderr,
+            stderr_lines,
+            stdout,
+            readers,
+        }
+    }
+
+    /// The operating system's id of the process.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .id()
+            .unwrap_or_else(|| panic!("the process has already been reaped"))
+    }
+
+    /// Every line written to standard error so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every line written to standard output so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until a line of standard error satisfies `matches` and returns it; panics after
+    /// `within`, showing what was written.
+    pub async fn wait_for_line(
+        &self,
+        what: &str,
+        within: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        let mut seen = self.stderr_lines.subscribe();
+        let found = tokio::time::timeout(within, async {
+            loop {
+                if let Some(line) = self.stderr().into_iter().find(|line| matches(line)) {
+                    return Some(line);
+                }
+                if seen.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!(
+                "no log line {what} within {within:?}; the process wrote:\n{}",
+                self.stderr().join("\n")
+            ),
+        }
+    }
+
+    /// Sends `SIGTERM`, as an orchestrator stopping the process does.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap_or_else(|error| panic!("cannot run kill: {error}"));
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit and for everything it wrote to be read; panics after
+    /// `within`, showing what it wrote.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let readers = std::mem::take(&mut self.readers);
+        let exited = async {
+            let status = self.child.wait().await;
+            for reader in readers {
+                let _ = reader.await;
+            }
+            status
+        };
+        match tokio::time::timeout(within, exited).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(error)) => panic!("cannot wait for the process: {error}"),
+            Err(_) => panic!(
+                "the process did not exit within {within:?}; it wrote:\n{}",
+                self.stderr().join("\n")
+            ),
+        }
+    }
+
+    /// The process's peak resident memory so far, in bytes (`VmHWM`), while it runs.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+}
+
+/// Reads `pipe` line by line into `lines` until it closes, telling `count` of each new line.
+async fn collect(
+    pipe: impl AsyncRead + Unpin,
+    lines: Arc<Mutex<Vec<String>>>,
+    count: Option<watch::Sender<usize>>,
+) {
+    let mut reader = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = reader.next_line().await {
+        let total = {
+            let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
+            lines.push(line);
+            lines.len()
+        };
+        if let Some(count) = &count {
+            count.send_replace(total);
+        }
+    }
+}
+
+/// The value of the field `name` on a log line, JSON (one object per line) or pretty
+/// (`name=value`, without colour codes).
+pub fn log_field(line: &str, name: &str) -> Option<String> {
+    if let Ok(serde_json::Value::Object(object)) = serde_json::from_str(line) {
+        return object.get(name).map(|value| match value {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        });
+    }
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    Some(
+        line[start..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect(),
+    )
+}
+
+/// `GET path` over HTTP/1.0 on `addr` (as a load balancer's health check does); the status code and
+/// the body. Panics if nothing answers within `within`.
+pub async fn http_get(addr: &str, path: &str, within: Duration) -> (u16, String) {
+    http(addr, "GET", path, None, within).await
+}
+
+/// `POST path` with a JSON `body` over HTTP/1.0 on `addr`; the status code and the body.
+pub async fn http_post_json(addr: &str, path: &str, body: &str, within: Duration) -> (u16, String) {
+    http(addr, "POST", path, Some(body), within).await
+}
+
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    within: Duration,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        std::io::Result::Ok(answer)
+    };
+    let answer = match tokio::time::timeout(within, exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => panic!("{method} http://{addr}{path}: {error}"),
+        Err(_) => panic!("{method} http://{addr}{path}: no answer within {within:?}"),
+    };
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("{method} http://{addr}{path}: not HTTP: {answer}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
+    (status, body)
+}

@@ -1,0 +1,165 @@
+//! `resetmail-worker` run as a process: jobs through SMTP, `/healthz`, `SIGTERM`, its logs.
+
+use resetmail_shared::{
+    EmailAddress, Job, PasswordResetJob, config::format_duration, db::users::UserStatus,
+};
+use resetmail_testkit::{
+    PATIENCE,
+    broker::TestBroker,
+    db::TestDb,
+    process::{Process, http_get, log_field},
+    smtp_sink::SmtpSink,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_resetmail-worker");
+
+/// The environment of a worker on the test's database, broker prefix and SMTP server, serving its
+/// HTTP port on any free port.
+fn environment(db: &TestDb, broker: &TestBroker, sink: &SmtpSink) -> Vec<(&'static str, String)> {
+    let delays: Vec<String> = broker
+        .config
+        .retry_delays
+        .0
+        .iter()
+        .map(|delay| format_duration(*delay))
+        .collect();
+    vec![
+        ("DATABASE_URL", db.config.url.clone()),
+        ("AMQP_URL", broker.config.url.clone()),
+        ("RESETMAIL_QUEUE_PREFIX", broker.config.queue_prefix.clone()),
+        ("RESETMAIL_RETRY_DELAYS", delays.join(",")),
+        ("RESETMAIL_SMTP_URL", sink.url()),
+        ("RESETMAIL_WORKER_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("RESETMAIL_SHUTDOWN_TIMEOUT", "20s".into()),
+    ]
+}
+
+/// Queues a reset job for each address, as the api does.
+async fn queue_jobs(broker: &TestBroker, addresses: &[String]) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for address in addresses {
+        let job = PasswordResetJob {
+            job_id: Uuid::new_v4(),
+            email: EmailAddress::parse(address).unwrap_or_else(|error| panic!("{error}")),
+            correlation_id: Uuid::new_v4(),
+            requested_at: OffsetDateTime::now_utc(),
+        };
+        let body = Job::PasswordReset(job.clone()).encode();
+        broker
+            .publish_raw(&body, Some(&job.job_id.to_string()))
+            .await;
+        ids.push(job.job_id);
+    }
+    ids
+}
+
+/// `addresses.len()` active accounts.
+async fn accounts(db: &TestDb, n: usize) -> Vec<String> {
+    let mut addresses = Vec::new();
+    for i in 0..n {
+        let address = format!("user{i}@example.com");
+        db.add_user(&address, Some("User"), None, UserStatus::Active)
+            .await;
+        addresses.push(address);
+    }
+    addresses
+}
+
+/// The address the worker's HTTP port listens on, read from its start-up line.
+async fn http_addr(worker: &Process) -> String {
+    let line = worker
+        .wait_for_line("saying where /healthz is served", PATIENCE, |line| {
+            line.contains("serving /healthz")
+        })
+        .await;
+    log_field(&line, "http.addr").unwrap_or_else(|| panic!("no http.addr on: {line}"))
+}
+
+/// Five jobs go out, `/healthz` answers, SIGTERM stops the process cleanly; returns its log lines.
+async fn serve_jobs_then_stop(format: &str) -> Vec<String> {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let addresses = accounts(&db, 5).await;
+    let mut env = environment(&db, &broker, &sink);
+    env.push(("RESETMAIL_LOG_FORMAT", format.into()));
+    let mut worker = Process::start(BINARY, &[], &env);
+    let addr = http_addr(&worker).await;
+
+    let jobs = queue_jobs(&broker, &addresses).await;
+    sink.wait_for(jobs.len(), PATIENCE).await;
+    // Every job ends with its outcome line, after its last database write.
+    for job in &jobs {
+        worker
+            .wait_for_line("with the job's outcome", PATIENCE, |line| {
+                line.contains(&job.to_string()) && line.contains("reset email sent")
+            })
+            .await;
+    }
+    let (status, body) = http_get(&addr, "/healthz", PATIENCE).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"code":0,"msg":""}"#));
+    let (status, _) = http_get(&addr, "/readyz", PATIENCE).await;
+    assert_eq!(status, 200, "{:#?}", worker.stderr());
+
+    worker.terminate();
+    let exit = worker.wait_exit(PATIENCE).await;
+    assert!(
+        exit.success(),
+        "exit {exit:?}:\n{}",
+        worker.stderr().join("\n")
+    );
+    assert_eq!(sink.received().len(), jobs.len(), "a second email was sent");
+    assert!(
+        worker.stdout().is_empty(),
+        "logs belong on stderr, stdout got: {:?}",
+        worker.stdout()
+    );
+    worker.stderr()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_json_logs_the_worker_sends_answers_healthz_and_stops_on_sigterm() {
+    let lines = serve_jobs_then_stop("json").await;
+    for line in &lines {
+        let parsed: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("not a JSON log line ({error}): {line}"));
+        assert!(
+            parsed["level"].is_string() && parsed["message"].is_string(),
+            "{line}"
+        );
+    }
+    let sent: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains("reset email sent"))
+        .collect();
+    assert_eq!(sent.len(), 5, "{lines:#?}");
+    for line in sent {
+        let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let correlation = parsed["span"]["correlation_id"]
+            .as_str()
+            .or(parsed["correlation_id"].as_str());
+        assert!(
+            correlation.is_some_and(|id| Uuid::try_parse(id).is_ok()),
+            "no correlation id on: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_pretty_logs_the_worker_sends_answers_healthz_and_stops_on_sigterm() {
+    let lines = serve_jobs_then_stop("pretty").await;
+    assert!(
+        lines.iter().all(|line| !line.contains('\u{1b}')),
+        "colour codes in logs that go to a pipe"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|line| line.contains("reset email sent"))
+            .count(),
+        5,
+        "{lines:#?}"
+    );
+}
