@@ -29,6 +29,9 @@ pub enum PublishError {
     /// No confirm within the timeout.
     #[error("the broker did not confirm within {0:?}")]
     Timeout(Duration),
+    /// The job could not be written as a message body.
+    #[error("cannot encode the job: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 impl PublishError {
@@ -38,6 +41,7 @@ impl PublishError {
             Self::Unavailable => "unavailable",
             Self::Confirm(amqp::ConfirmError::Broker(_)) => "broker",
             Self::Timeout(_) => "timeout",
+            Self::Encode(_) => "encode",
             Self::Confirm(amqp::ConfirmError::Nacked) => "nacked",
             Self::Confirm(amqp::ConfirmError::Returned(_)) => "returned",
         }
@@ -93,15 +97,18 @@ impl Publisher {
         if let Err(error) = &result {
             metrics::counter!("resetmail_api_publish_failures_total", "reason" => error.reason())
                 .increment(1);
-            self.inner.suspect.notify_one();
+            if !matches!(error, PublishError::Encode(_)) {
+                self.inner.suspect.notify_one();
+            }
         }
         result
     }
 
     async fn publish_confirmed(&self, job: &Job) -> Result<(), PublishError> {
+        let body = job.encode()?;
         let channel = self.current().ok_or(PublishError::Unavailable)?;
         let properties = amqp::job_properties(job);
-        let (body, queue) = (job.encode(), self.inner.topology.work_queue());
+        let queue = self.inner.topology.work_queue();
         let confirm = amqp::publish_confirmed(&channel, "", &queue, &body, properties);
         match tokio::time::timeout(self.inner.confirm_timeout, confirm).await {
             Err(_) => Err(PublishError::Timeout(self.inner.confirm_timeout)),

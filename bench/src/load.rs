@@ -181,7 +181,7 @@ impl Client for PublishClient {
             &self.channel,
             "",
             &self.queue,
-            &job.encode(),
+            &job.encode().unwrap_or_default(),
             amqp::job_properties(&job),
         )
         .await
@@ -221,7 +221,7 @@ pub async fn publish_jobs(
                 };
                 let job = job(&email);
                 let properties = amqp::job_properties(&job);
-                amqp::publish_confirmed(&channel, "", &queue, &job.encode(), properties).await?;
+                amqp::publish_confirmed(&channel, "", &queue, &job.encode()?, properties).await?;
             }
         });
     }

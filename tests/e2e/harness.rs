@@ -257,7 +257,9 @@ pub fn job_for(email: &str) -> PasswordResetJob {
 pub async fn publish(broker: &TestBroker, job: &PasswordResetJob) {
     broker
         .publish_raw(
-            &Job::PasswordReset(job.clone()).encode(),
+            &Job::PasswordReset(job.clone())
+                .encode()
+                .unwrap_or_else(|error| panic!("{error}")),
             Some(&job.job_id.to_string()),
         )
         .await;

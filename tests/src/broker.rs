@@ -239,3 +239,62 @@ impl Drop for TestBroker {
         });
     }
 }
+
+/// A RabbitMQ user of the test's own with a password no other test uses (made with `rabbitmqctl`,
+/// allowed everything on the default vhost), deleted when dropped: a test can then look for that
+/// password in logs without mistaking it for anything else.
+pub struct TestBrokerUser {
+    /// The user name.
+    pub name: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl TestBrokerUser {
+    /// Creates the user.
+    pub async fn create() -> TestBrokerUser {
+        let user = TestBrokerUser {
+            name: format!("resetmail-test-{}", Uuid::new_v4().simple()),
+            password: format!("amqp-pw-{}", Uuid::new_v4().simple()),
+        };
+        let (name, password) = (user.name.clone(), user.password.clone());
+        tokio::task::spawn_blocking(move || {
+            rabbitmqctl(&["add_user", &name, &password]);
+            rabbitmqctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
+        })
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+        user
+    }
+
+    /// `url` (an `amqp://` URL) with this user's credentials instead of its own.
+    pub fn url(&self) -> String {
+        let mut url = url::Url::parse(&server_url()).unwrap_or_else(|error| panic!("{error}"));
+        let set = url
+            .set_username(&self.name)
+            .and_then(|()| url.set_password(Some(&self.password)));
+        set.unwrap_or_else(|()| panic!("cannot put credentials in {}", server_url()));
+        url.to_string()
+    }
+}
+
+impl Drop for TestBrokerUser {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || rabbitmqctl(&["delete_user", &name])).join();
+    }
+}
+
+/// Runs `rabbitmqctl` with `args`; panics if it fails.
+fn rabbitmqctl(args: &[&str]) {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run rabbitmqctl: {error}"));
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {} failed: {}",
+        args.first().unwrap_or(&""),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

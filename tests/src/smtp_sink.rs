@@ -1,8 +1,9 @@
 //! An in-process SMTP server over real TCP that records the mail it accepts, with fault injection, for tests.
 //!
 //! It speaks the part of RFC 5321 that lettre's async SMTP transport uses over plain
-//! `smtp://` (no TLS, no AUTH, no PIPELINING): the greeting, EHLO/HELO, MAIL, RCPT, DATA
-//! (with dot-unstuffing), RSET, NOOP, VRFY and QUIT. Every accepted connection is served by its
+//! `smtp://` (no TLS, no PIPELINING): the greeting, EHLO/HELO, AUTH PLAIN (only when
+//! [`SmtpSink::require_auth`] asked for it), MAIL, RCPT, DATA (with dot-unstuffing), RSET, NOOP,
+//! VRFY and QUIT. Every accepted connection is served by its
 //! own task; dropping the [`SmtpSink`] stops the listener and every connection task.
 
 use std::collections::{HashMap, VecDeque};
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use base64::{Engine as _, prelude::BASE64_STANDARD};
 use mail_parser::{MessageParser, MimeHeaders};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -82,6 +84,10 @@ struct Shared {
     open: AtomicU32,
     /// Bumped to make every open connection close at once.
     hang_up: watch::Sender<u64>,
+    /// The user name and password every session must give with `AUTH PLAIN`, when set.
+    credentials: Mutex<Option<(String, String)>>,
+    /// Sessions that authenticated with the right credentials.
+    logins: AtomicU32,
 }
 
 /// The injected faults.
@@ -126,6 +132,13 @@ impl Shared {
         self.faults.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn credentials(&self) -> Option<(String, String)> {
+        self.credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn is_down(&self) -> bool {
         self.down.load(Ordering::SeqCst)
     }
@@ -148,6 +161,8 @@ impl SmtpSink {
             connections: AtomicU32::new(0),
             open: AtomicU32::new(0),
             hang_up: watch::Sender::new(0),
+            credentials: Mutex::new(None),
+            logins: AtomicU32::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         SmtpSink {
@@ -244,6 +259,21 @@ impl SmtpSink {
     /// The number of TCP connections accepted so far, including those refused with `421` while down.
     pub fn connections(&self) -> u32 {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// From now on, advertises `AUTH PLAIN` and refuses `MAIL` (530) until a session has given
+    /// `user` and `password`; wrong ones get 535.
+    pub fn require_auth(&self, user: &str, password: &str) {
+        *self
+            .shared
+            .credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((user.to_owned(), password.to_owned()));
+    }
+
+    /// The number of successful `AUTH` commands so far.
+    pub fn logins(&self) -> u32 {
+        self.shared.logins.load(Ordering::SeqCst)
     }
 
     /// The number of connections open now.
@@ -401,6 +431,7 @@ struct Session<'a> {
     writer: tokio::net::tcp::WriteHalf<'a>,
     shared: &'a Shared,
     greeted: bool,
+    authenticated: bool,
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
 }
@@ -413,6 +444,7 @@ impl<'a> Session<'a> {
             writer,
             shared,
             greeted: false,
+            authenticated: false,
             mail_from: None,
             rcpt_to: Vec::new(),
         }
@@ -462,8 +494,13 @@ impl<'a> Session<'a> {
             "EHLO" => {
                 self.reset();
                 self.greeted = true;
+                let auth = if self.shared.credentials().is_some() {
+                    "250-AUTH PLAIN\r\n"
+                } else {
+                    ""
+                };
                 let reply = format!(
-                    "250-{SERVER_NAME} Hello {argument}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE {MAX_MESSAGE_SIZE}"
+                    "250-{SERVER_NAME} Hello {argument}\r\n{auth}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE {MAX_MESSAGE_SIZE}"
                 );
                 self.reply(&reply).await?;
             }
@@ -474,6 +511,7 @@ impl<'a> Session<'a> {
                 self.reply(&format!("250 {SERVER_NAME} Hello {argument}"))
                     .await?;
             }
+            "AUTH" => self.auth(argument).await?,
             "MAIL" => self.mail(argument).await?,
             "RCPT" => self.rcpt(argument).await?,
             "DATA" => return self.data().await,
@@ -497,9 +535,45 @@ impl<'a> Session<'a> {
         Ok(Next::Continue)
     }
 
+    /// `AUTH PLAIN <base64 of \0user\0password>`, the initial-response form lettre sends.
+    async fn auth(&mut self, argument: &str) -> io::Result<()> {
+        let Some(expected) = self.shared.credentials() else {
+            return self.reply("502 5.5.1 AUTH not supported").await;
+        };
+        if !self.greeted {
+            return self.reply("503 5.5.1 Send EHLO first").await;
+        }
+        let Some(response) = argument
+            .split_once(' ')
+            .filter(|(mechanism, _)| mechanism.eq_ignore_ascii_case("PLAIN"))
+            .map(|(_, response)| response.trim())
+        else {
+            return self
+                .reply("504 5.5.4 Only AUTH PLAIN with an initial response")
+                .await;
+        };
+        let given = BASE64_STANDARD.decode(response).ok().and_then(|bytes| {
+            let mut parts = bytes.split(|byte| *byte == 0).skip(1);
+            let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            Some((user, password))
+        });
+        if given.as_ref() == Some(&expected) {
+            self.authenticated = true;
+            self.shared.logins.fetch_add(1, Ordering::SeqCst);
+            self.reply("235 2.7.0 Authentication successful").await
+        } else {
+            self.reply("535 5.7.8 Authentication credentials invalid")
+                .await
+        }
+    }
+
     async fn mail(&mut self, argument: &str) -> io::Result<()> {
         if !self.greeted {
             return self.reply("503 5.5.1 Send EHLO or HELO first").await;
+        }
+        if !self.authenticated && self.shared.credentials().is_some() {
+            return self.reply("530 5.7.0 Authentication required").await;
         }
         if self.mail_from.is_some() {
             return self.reply("503 5.5.1 Nested MAIL command").await;

@@ -86,8 +86,8 @@ pub struct WorkerConfig {
     /// On SIGTERM, how long jobs in flight may take to finish before the worker stops anyway.
     #[arg(long = "shutdown-timeout", env = "RESETMAIL_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-    /// Address of the worker's /healthz, /readyz and /metrics, or `off`. If it is taken (several
-    /// workers on one host), the worker takes a free port and logs it.
+    /// Address of the worker's /healthz, /readyz and /metrics, or `off`. A taken address stops the
+    /// worker at start-up; port 0 (`127.0.0.1:0`) takes any free port and logs it.
     #[arg(
         long = "worker-http-addr",
         env = "RESETMAIL_WORKER_HTTP_ADDR",

@@ -131,8 +131,9 @@ pub async fn prune_once(pool: &PgPool, retention: std::time::Duration) -> sqlx::
     Ok((rows, tokens))
 }
 
-/// Binds the worker's HTTP port; a taken port falls back to a free one, so that several workers can
-/// run on one host with the defaults.
+/// Binds the worker's HTTP port. A taken address is an error, so that a health check probing the
+/// configured port never checks another process; `:0` takes any free port (several workers on one
+/// host), logged.
 async fn bind_http(address: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
     if address.eq_ignore_ascii_case("off") {
         return Ok(None);
@@ -140,18 +141,12 @@ async fn bind_http(address: &str) -> anyhow::Result<Option<tokio::net::TcpListen
     let wanted: std::net::SocketAddr = address
         .parse()
         .context("RESETMAIL_WORKER_HTTP_ADDR is not an address")?;
-    let listener = match tokio::net::TcpListener::bind(wanted).await {
-        Ok(listener) => listener,
-        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
-            tokio::net::TcpListener::bind(std::net::SocketAddr::new(wanted.ip(), 0)).await?
-        }
-        Err(error) => return Err(error).with_context(|| format!("cannot listen on {wanted}")),
-    };
+    let listener = tokio::net::TcpListener::bind(wanted)
+        .await
+        .with_context(|| {
+            format!("cannot serve /healthz on {wanted} (RESETMAIL_WORKER_HTTP_ADDR; `:0` takes any free port, `off` none)")
+        })?;
     let bound = listener.local_addr()?;
-    if bound == wanted || wanted.port() == 0 {
-        tracing::info!(http.addr = %bound, "serving /healthz, /readyz and /metrics");
-    } else {
-        tracing::warn!(wanted = %wanted, http.addr = %bound, "the worker's HTTP port was taken; serving /healthz, /readyz and /metrics on another");
-    }
+    tracing::info!(http.addr = %bound, "serving /healthz, /readyz and /metrics");
     Ok(Some(listener))
 }

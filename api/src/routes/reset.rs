@@ -13,6 +13,7 @@ use crate::{
     envelope::Envelope,
     error::ApiError,
     extract::Json,
+    publisher::PublishError,
 };
 
 /// The body Cloudreve's frontend sends.
@@ -68,7 +69,10 @@ pub async fn send_reset(
         .publisher
         .publish(&Job::PasswordReset(job))
         .await
-        .map_err(|error| ApiError::QueueUnavailable(error.to_string()))?;
+        .map_err(|error| match error {
+            PublishError::Encode(_) => ApiError::Internal(error.to_string()),
+            _ => ApiError::QueueUnavailable(error.to_string()),
+        })?;
     tracing::info!(job.id = %job_id, email = %masked, "reset job queued");
     Ok(JsonResponse(Envelope::ok()))
 }

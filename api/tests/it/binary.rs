@@ -2,10 +2,11 @@
 
 use resetmail_testkit::{
     PATIENCE,
-    broker::TestBroker,
+    broker::{TestBroker, TestBrokerUser},
     db::TestDb,
     process::{Process, http_get, http_post_json, log_field},
 };
+use uuid::Uuid;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_resetmail-api");
 
@@ -132,4 +133,51 @@ async fn with_pretty_logs_the_api_queues_answers_healthz_and_stops_on_sigterm() 
             .any(|line| line.contains("connected to the broker")),
         "{lines:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_credential_reaches_the_api_logs_even_at_trace_level() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let amqp_user = TestBrokerUser::create().await;
+    let mut database_url =
+        url::Url::parse(&db.config.url).unwrap_or_else(|error| panic!("{error}"));
+    let database_password = format!("pg-pw-{}", Uuid::new_v4().simple());
+    let _ = database_url.set_password(Some(&database_password));
+    for format in ["json", "pretty"] {
+        let mut env = environment(&db, &broker);
+        env.retain(|(name, _)| !matches!(*name, "DATABASE_URL" | "AMQP_URL"));
+        env.extend([
+            ("DATABASE_URL", database_url.to_string()),
+            ("AMQP_URL", amqp_user.url()),
+            ("RESETMAIL_LOG_FORMAT", format.into()),
+            ("RUST_LOG", "trace".into()),
+        ]);
+        let mut api = Process::start(BINARY, &[], &env);
+        let addr = http_addr(&api).await;
+        ask_resets(&addr, 1).await;
+        api.terminate();
+        let exit = api.wait_exit(PATIENCE).await;
+        assert!(exit.success(), "exit {exit:?}");
+
+        let logs = api.stderr().join("\n");
+        assert!(logs.contains("TRACE"), "nothing was logged at trace level");
+        for (what, secret) in [
+            ("the AMQP password", amqp_user.password.as_str()),
+            ("the PostgreSQL password", database_password.as_str()),
+        ] {
+            let bytes: Vec<String> = secret.bytes().map(|byte| byte.to_string()).collect();
+            let hex: String = secret.bytes().map(|byte| format!("{byte:02x}")).collect();
+            for (form, needle) in [
+                ("as text", secret.to_owned()),
+                ("as a list of bytes", bytes.join(", ")),
+                ("in hex", hex),
+            ] {
+                assert!(
+                    !logs.contains(&needle),
+                    "{what} is in the {format} logs {form}"
+                );
+            }
+        }
+    }
 }

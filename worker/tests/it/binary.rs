@@ -5,7 +5,7 @@ use resetmail_shared::{
 };
 use resetmail_testkit::{
     PATIENCE,
-    broker::TestBroker,
+    broker::{TestBroker, TestBrokerUser},
     db::TestDb,
     process::{Process, http_get, log_field},
     smtp_sink::SmtpSink,
@@ -46,7 +46,9 @@ async fn queue_jobs(broker: &TestBroker, addresses: &[String]) -> Vec<Uuid> {
             correlation_id: Uuid::new_v4(),
             requested_at: OffsetDateTime::now_utc(),
         };
-        let body = Job::PasswordReset(job.clone()).encode();
+        let body = Job::PasswordReset(job.clone())
+            .encode()
+            .unwrap_or_else(|error| panic!("{error}"));
         broker
             .publish_raw(&body, Some(&job.job_id.to_string()))
             .await;
@@ -161,5 +163,96 @@ async fn with_pretty_logs_the_worker_sends_answers_healthz_and_stops_on_sigterm(
             .count(),
         5,
         "{lines:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_credential_reaches_the_logs_even_at_trace_level() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let amqp_user = TestBrokerUser::create().await;
+    let smtp_password = format!("smtp-pw-{}", Uuid::new_v4().simple());
+    sink.require_auth("mailer", &smtp_password);
+    // PostgreSQL trusts local connections here, so the password is never asked for; it must not
+    // be printed either.
+    let mut database_url =
+        url::Url::parse(&db.config.url).unwrap_or_else(|error| panic!("{error}"));
+    let database_password = format!("pg-pw-{}", Uuid::new_v4().simple());
+    let _ = database_url.set_password(Some(&database_password));
+    let addresses = accounts(&db, 2).await;
+
+    for format in ["json", "pretty"] {
+        let mut env = environment(&db, &broker, &sink);
+        env.retain(|(name, _)| {
+            !matches!(*name, "DATABASE_URL" | "AMQP_URL" | "RESETMAIL_SMTP_URL")
+        });
+        env.extend([
+            ("DATABASE_URL", database_url.to_string()),
+            ("AMQP_URL", amqp_user.url()),
+            (
+                "RESETMAIL_SMTP_URL",
+                format!("smtp://mailer:{smtp_password}@{}", sink.addr()),
+            ),
+            ("RESETMAIL_LOG_FORMAT", format.into()),
+            ("RESETMAIL_ACCOUNT_COOLDOWN", "0s".into()),
+            ("RUST_LOG", "trace".into()),
+        ]);
+        let mut worker = Process::start(BINARY, &[], &env);
+        let before = sink.received().len();
+        let jobs = queue_jobs(&broker, &addresses).await;
+        sink.wait_for(before + jobs.len(), PATIENCE).await;
+        worker.terminate();
+        let exit = worker.wait_exit(PATIENCE).await;
+        assert!(exit.success(), "exit {exit:?}");
+
+        let logs = worker.stderr().join("\n");
+        assert!(
+            logs.contains("TRACE") || logs.contains(r#""level":"TRACE""#),
+            "nothing was logged at trace level"
+        );
+        assert!(sink.logins() > 0, "the worker never logged in to SMTP");
+        for (what, secret) in [
+            ("the AMQP password", amqp_user.password.as_str()),
+            ("the SMTP password", smtp_password.as_str()),
+            ("the PostgreSQL password", database_password.as_str()),
+        ] {
+            let bytes: Vec<String> = secret.bytes().map(|byte| byte.to_string()).collect();
+            let hex: String = secret.bytes().map(|byte| format!("{byte:02x}")).collect();
+            use base64::Engine as _;
+            let plain_auth = base64::prelude::BASE64_STANDARD.encode(format!("\0mailer\0{secret}"));
+            for (form, needle) in [
+                ("as text", secret.to_owned()),
+                ("as a list of bytes", bytes.join(", ")),
+                ("in hex", hex),
+                ("as an AUTH PLAIN response", plain_auth),
+            ] {
+                assert!(
+                    !logs.contains(&needle),
+                    "{what} is in the {format} logs {form}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_http_address_that_is_taken_stops_the_worker_at_start_up() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let taken =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|error| panic!("{error}"));
+    let taken_addr = taken.local_addr().unwrap_or_else(|error| panic!("{error}"));
+    let mut env = environment(&db, &broker, &sink);
+    env.retain(|(name, _)| *name != "RESETMAIL_WORKER_HTTP_ADDR");
+    env.push(("RESETMAIL_WORKER_HTTP_ADDR", taken_addr.to_string()));
+    let mut worker = Process::start(BINARY, &[], &env);
+    let exit = worker.wait_exit(PATIENCE).await;
+    assert!(!exit.success(), "the worker ran without its health port");
+    let logs = worker.stderr().join("\n");
+    assert!(
+        logs.contains(&taken_addr.to_string()) && logs.contains("in use"),
+        "the error does not say which address is taken:\n{logs}"
     );
 }
