@@ -134,13 +134,15 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Resu
     let limit = config.shutdown_timeout;
     let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limit));
     tokio::spawn(forget_idle_clients(rate_limiter.clone(), shutdown.clone()));
+    let metrics = resetmail_shared::metrics::handle();
+    metrics::register(&config.base_path);
     let state = AppState {
         config: Arc::new(config),
         pool,
         publisher,
         captcha,
         rate_limiter,
-        metrics: resetmail_shared::metrics::handle(),
+        metrics,
     };
     let served = serve(listener, state, shutdown.clone());
     let deadline = async {

@@ -8,7 +8,46 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::AppState;
+use crate::{AppState, publisher::PublishError};
+
+/// The api's routes under the base path, as `route` labels read.
+const API_ROUTES: [&str; 3] = ["/user/reset", "/user/reset/{id}", "/site/captcha"];
+
+/// Describes every series of the api and makes it present at zero, so that `rate()` and `increase()` see
+/// it from the start rather than from its first event. Call once the recorder is installed.
+pub fn register(base_path: &str) {
+    metrics::describe_counter!(
+        "resetmail_api_requests_total",
+        "Requests answered, by route and envelope code"
+    );
+    metrics::describe_histogram!(
+        "resetmail_api_publish_seconds",
+        metrics::Unit::Seconds,
+        "Publish plus broker confirm"
+    );
+    metrics::describe_counter!(
+        "resetmail_api_publish_failures_total",
+        "Jobs not queued (answered 503), by reason"
+    );
+    metrics::describe_counter!(
+        "resetmail_api_rate_limited_total",
+        "Requests answered 429"
+    );
+    let base = base_path.trim_end_matches('/');
+    let routes = API_ROUTES
+        .iter()
+        .map(|route| format!("{base}{route}"))
+        .chain(["/healthz", "/readyz", "/metrics"].map(str::to_owned));
+    for route in routes {
+        metrics::counter!("resetmail_api_requests_total", "route" => route, "code" => "0")
+            .increment(0);
+    }
+    let _registered = metrics::histogram!("resetmail_api_publish_seconds");
+    for reason in PublishError::REASONS {
+        metrics::counter!("resetmail_api_publish_failures_total", "reason" => reason).increment(0);
+    }
+    metrics::counter!("resetmail_api_rate_limited_total").increment(0);
+}
 
 /// The envelope code of an answer, left on the response by whoever built it (0 when absent).
 #[derive(Clone, Copy, Debug)]

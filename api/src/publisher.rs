@@ -35,6 +35,16 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// Every label [`PublishError::reason`] can give.
+    pub const REASONS: [&'static str; 6] = [
+        "unavailable",
+        "broker",
+        "timeout",
+        "nacked",
+        "returned",
+        "encode",
+    ];
+
     /// A short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {

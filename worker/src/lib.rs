@@ -6,6 +6,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod health;
 pub mod mailer;
+pub mod metrics;
 pub mod reset;
 pub mod settle;
 pub mod templates;
@@ -91,6 +92,7 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
     ));
     // Installed before the first job, so that no count is lost, with or without the HTTP port.
     let metrics = resetmail_shared::metrics::handle();
+    metrics::register(worker.config.broker.retry_delays.0.len());
     if let Some(listener) = bind_http(&worker.config.http_addr).await? {
         let probe = health::Probe {
             health: worker.health.clone(),

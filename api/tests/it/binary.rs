@@ -76,6 +76,20 @@ async fn serve_then_stop(format: &str) -> Vec<String> {
     env.push(("RESETMAIL_LOG_FORMAT", format.into()));
     let mut api = Process::start(BINARY, &[], &env);
     let addr = http_addr(&api).await;
+    let (status, metrics) = http_get(&addr, "/metrics", PATIENCE).await;
+    assert_eq!(status, 200);
+    for series in [
+        r#"resetmail_api_publish_failures_total{reason="unavailable"} 0"#,
+        r#"resetmail_api_publish_failures_total{reason="timeout"} 0"#,
+        "resetmail_api_rate_limited_total 0",
+        "resetmail_api_publish_seconds_count 0",
+        r#"resetmail_api_requests_total{route="/api/v4/user/reset",code="0"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "{series} is not served before the first request:\n{metrics}"
+        );
+    }
 
     ask_resets(&addr, 5).await;
     broker

@@ -89,6 +89,22 @@ async fn serve_jobs_then_stop(format: &str) -> Vec<String> {
     env.push(("RESETMAIL_LOG_FORMAT", format.into()));
     let mut worker = Process::start(BINARY, &[], &env);
     let addr = http_addr(&worker).await;
+    let (status, metrics) = http_get(&addr, "/metrics", PATIENCE).await;
+    assert_eq!(status, 200);
+    for series in [
+        r#"resetmail_worker_jobs_total{outcome="sent"} 0"#,
+        r#"resetmail_worker_jobs_total{outcome="throttled"} 0"#,
+        r#"resetmail_worker_retries_total{step="1"} 0"#,
+        r#"resetmail_worker_retries_total{step="5"} 0"#,
+        r#"resetmail_worker_dead_letters_total{class="permanent"} 0"#,
+        "resetmail_worker_send_seconds_count 0",
+        "resetmail_worker_jobs_in_flight 0",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "{series} is not served before the first job:\n{metrics}"
+        );
+    }
 
     let jobs = queue_jobs(&broker, &addresses).await;
     sink.wait_for(jobs.len(), PATIENCE).await;
