@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod config;
 pub mod db;
 pub mod email;
+pub mod hashid;
 pub mod job;
 pub mod metrics;
 pub mod shutdown;
