@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod password;
 pub mod publisher;
 pub mod rate_limit;
 pub mod routes;
