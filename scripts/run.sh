@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked -p resetmail-api -p resetmail-worker
 bin=target/release
 
+# The graphic captcha (RESETMAIL_CAPTCHA=normal) keys its stored answers with a secret that every api
+# replica shares. One api here: a new one each run will do (captchas open at a restart then fail).
+export RESETMAIL_CAPTCHA_SECRET="${RESETMAIL_CAPTCHA_SECRET:-$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')}"
+
 "$bin/resetmail-api" migrate
 "$bin/resetmail-api" user add --email "${DEMO_EMAIL:-demo@example.com}" --nick Demo --exists-ok
 

@@ -53,6 +53,9 @@ pub enum ApiError {
     /// HTTP 405: the route exists with another method.
     #[error("Method not allowed")]
     MethodNotAllowed,
+    /// 50005, HTTP 503: the request took longer than `RESETMAIL_REQUEST_TIMEOUT` and was abandoned.
+    #[error("Request timed out, please try again later")]
+    Timeout(std::time::Duration),
     /// 50005: a bug or an unexpected failure.
     #[error("Internal server error")]
     Internal(String),
@@ -73,7 +76,7 @@ impl ApiError {
             Self::QueueUnavailable(_) => 40028,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
-            Self::Internal(_) => 50005,
+            Self::Timeout(_) | Self::Internal(_) => 50005,
         }
     }
 
@@ -88,7 +91,7 @@ impl ApiError {
             | Self::Captcha(..) => StatusCode::OK,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QueueUnavailable(_) | Self::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,7 +113,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         // Logged once, here, where the failure becomes an answer.
-        if status.is_server_error() {
+        if let Self::Timeout(limit) = self {
+            tracing::warn!(
+                code = self.code(),
+                limit_ms = limit.as_millis() as u64,
+                "request abandoned at the time limit"
+            );
+        } else if status.is_server_error() {
             tracing::error!(code = self.code(), error = self.detail(), "request failed");
         } else {
             tracing::info!(code = self.code(), error = self.detail(), "request refused");

@@ -13,6 +13,7 @@ pub mod password;
 pub mod publisher;
 pub mod rate_limit;
 pub mod routes;
+pub mod timeout;
 
 use std::sync::Arc;
 
@@ -20,7 +21,6 @@ use anyhow::Context as _;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    http::StatusCode,
     middleware,
     routing::{get, patch, post},
 };
@@ -28,7 +28,6 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::limit::ConcurrencyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::{
     captcha::Captcha, config::ApiConfig, error::ApiError, publisher::Publisher,
@@ -78,9 +77,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config::BODY_LIMIT_BYTES))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        // Inside `correlate` (the outermost layer), so a timed-out request's answer carries its id.
+        .layer(middleware::from_fn_with_state(
             state.config.request_timeout,
+            timeout::limit_time,
         ))
         .layer(ConcurrencyLimitLayer::new(
             state.config.max_concurrent_requests as usize,

@@ -29,10 +29,7 @@ pub fn register(base_path: &str) {
         "resetmail_api_publish_failures_total",
         "Jobs not queued (answered 503), by reason"
     );
-    metrics::describe_counter!(
-        "resetmail_api_rate_limited_total",
-        "Requests answered 429"
-    );
+    metrics::describe_counter!("resetmail_api_rate_limited_total", "Requests answered 429");
     let base = base_path.trim_end_matches('/');
     let routes = API_ROUTES
         .iter()

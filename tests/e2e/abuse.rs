@@ -14,7 +14,9 @@ use resetmail_testkit::{
 };
 use serde_json::json;
 
-use crate::harness::{Answer, TestApi, TestWorker, reset_link, worker_config};
+use crate::harness::{
+    Answer, CAPTCHA_SECRET, TestApi, TestWorker, captcha_secret, reset_link, worker_config,
+};
 
 const OK: &str = r#"{"code":0,"msg":""}"#;
 
@@ -239,7 +241,7 @@ async fn no_secret_password_or_captcha_answer_reaches_a_log_line_or_a_table() {
     let captcha_answer = "XK7PNE";
     sqlx::query("UPDATE captcha_tickets SET answer_hash = $2 WHERE ticket = $1")
         .bind(&ticket)
-        .bind(answer_hash(&ticket, captcha_answer).as_slice())
+        .bind(answer_hash(&captcha_secret(CAPTCHA_SECRET), &ticket, captcha_answer).as_slice())
         .execute(&db.pool)
         .await
         .unwrap_or_else(|error| panic!("{error}"));

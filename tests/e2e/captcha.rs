@@ -12,7 +12,7 @@ use resetmail_api::captcha::graphic::{TICKET_LEN, answer_hash};
 use resetmail_testkit::{broker::TestBroker, db::TestDb};
 use serde_json::json;
 
-use crate::harness::{Answer, TestApi};
+use crate::harness::{Answer, CAPTCHA_SECRET, TestApi, captcha_secret};
 
 const OK: &str = r#"{"code":0,"msg":""}"#;
 
@@ -48,7 +48,7 @@ async fn captcha_answered(api: &TestApi, db: &TestDb, answer: &str) -> String {
         .to_owned();
     sqlx::query("UPDATE captcha_tickets SET answer_hash = $2 WHERE ticket = $1")
         .bind(&ticket)
-        .bind(answer_hash(&ticket, answer).as_slice())
+        .bind(answer_hash(&captcha_secret(CAPTCHA_SECRET), &ticket, answer).as_slice())
         .execute(&db.pool)
         .await
         .unwrap_or_else(|error| panic!("{error}"));
@@ -203,7 +203,7 @@ async fn the_graphic_captcha_lets_only_a_right_fresh_unused_answer_through() {
 #[tokio::test]
 async fn expired_captcha_tickets_are_pruned() {
     let db = TestDb::new().await;
-    let hash = answer_hash("t", "A");
+    let hash = answer_hash(&captcha_secret(CAPTCHA_SECRET), "t", "A");
     for (ticket, ttl) in [
         ("fresh", Duration::from_secs(600)),
         ("stale", Duration::from_millis(1)),
@@ -225,6 +225,139 @@ async fn expired_captcha_tickets_are_pruned() {
         .await
         .unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(left, ["fresh"]);
+}
+
+/// Every answer of `length` characters the graphic captcha can draw.
+fn every_answer(length: u32) -> impl Iterator<Item = String> {
+    let alphabet = resetmail_api::captcha::graphic::ANSWER_ALPHABET;
+    let base = alphabet.len();
+    (0..base.pow(length)).map(move |mut n| {
+        (0..length)
+            .map(|_| {
+                let character = char::from(alphabet[n % base]);
+                n /= base;
+                character
+            })
+            .collect()
+    })
+}
+
+/// A ticket issued by `api`, and the hash stored for its (unknown) answer.
+async fn issued(api: &TestApi, db: &TestDb) -> (String, Vec<u8>) {
+    let fetched = api
+        .send(api.client.get(format!("{}/api/v4/site/captcha", api.base)))
+        .await;
+    let ticket = fetched.json["data"]["ticket"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ticket: {}", fetched.text))
+        .to_owned();
+    let stored = sqlx::query_scalar("SELECT answer_hash FROM captcha_tickets WHERE ticket = $1")
+        .bind(&ticket)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    (ticket, stored)
+}
+
+/// The answers of `length` characters whose hash under `hash` is `stored`, tried in a blocking thread.
+async fn answers_matching(
+    length: u32,
+    stored: &[u8],
+    hash: impl Fn(&str) -> [u8; 32] + Send + 'static,
+) -> Vec<String> {
+    let stored = stored.to_vec();
+    tokio::task::spawn_blocking(move || {
+        every_answer(length)
+            .filter(|answer| hash(answer).as_slice() == stored.as_slice())
+            .collect()
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}"))
+}
+
+#[tokio::test]
+async fn graphic_answers_are_stored_keyed_so_only_replicas_that_share_the_secret_can_check_them() {
+    use sha2::Digest as _;
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    // Four characters: 23^4 answers, few enough for this test to try them all.
+    let shared = "the-secret-every-replica-shares-0123456789";
+    let other = "another-secret-of-another-deployment-0123";
+    let flags = |secret| {
+        [
+            "--captcha",
+            "normal",
+            "--captcha-length",
+            "4",
+            "--captcha-secret",
+            secret,
+        ]
+    };
+    let replica_a = TestApi::start_with(&db, &broker.config, &flags(shared)).await;
+    let replica_b = TestApi::start_with(&db, &broker.config, &flags(shared)).await;
+    let stranger = TestApi::start_with(&db, &broker.config, &flags(other)).await;
+
+    // Whoever reads the table but lacks the secret cannot find the answer: no answer's plain
+    // SHA-256 is the stored hash, nor its HMAC under another secret.
+    let (ticket, stored) = issued(&replica_a, &db).await;
+    let unkeyed_ticket = ticket.clone();
+    let unkeyed = answers_matching(4, &stored, move |answer| {
+        sha2::Sha256::new()
+            .chain_update(unkeyed_ticket.as_bytes())
+            .chain_update(b"\n")
+            .chain_update(answer.as_bytes())
+            .finalize()
+            .into()
+    })
+    .await;
+    assert_eq!(unkeyed, Vec::<String>::new(), "found without any secret");
+    let (other_key, other_ticket) = (captcha_secret(other), ticket.clone());
+    let under_other = answers_matching(4, &stored, move |answer| {
+        answer_hash(&other_key, &other_ticket, answer)
+    })
+    .await;
+    assert_eq!(
+        under_other,
+        Vec::<String>::new(),
+        "found with another secret"
+    );
+
+    // With the secret, exactly one answer is the stored one, and another replica sharing the secret
+    // takes it.
+    let (key, right_ticket) = (captcha_secret(shared), ticket.clone());
+    let right = answers_matching(4, &stored, move |answer| {
+        answer_hash(&key, &right_ticket, answer)
+    })
+    .await;
+    assert_eq!(right.len(), 1, "{right:?}");
+    assert_eq!(
+        post(
+            &replica_b,
+            json!({"email": "a@b.co", "ticket": ticket, "captcha": right[0].to_lowercase()}),
+        )
+        .await
+        .text,
+        OK
+    );
+
+    // An api with another secret refuses the right answer.
+    let (ticket, stored) = issued(&replica_a, &db).await;
+    let (key, right_ticket) = (captcha_secret(shared), ticket.clone());
+    let right = answers_matching(4, &stored, move |answer| {
+        answer_hash(&key, &right_ticket, answer)
+    })
+    .await;
+    assert_eq!(right.len(), 1, "{right:?}");
+    assert_refused(
+        &post(
+            &stranger,
+            json!({"email": "a@b.co", "ticket": ticket, "captcha": right[0]}),
+        )
+        .await,
+        "CAPTCHA not match.",
+        "right answer, another secret",
+    );
+    assert_eq!(broker.count(&broker.topology.work_queue()).await, 1);
 }
 
 /// A stand-in for a provider's siteverify endpoint; its verdict depends on the token.
@@ -441,7 +574,7 @@ async fn cap_tokens_are_verified_with_the_instance() {
 }
 
 #[test]
-fn a_provider_without_its_secret_is_refused_at_start_up() {
+fn a_captcha_without_its_secret_is_refused_at_start_up() {
     use clap::Parser as _;
     #[derive(clap::Parser)]
     struct Cli {
@@ -449,6 +582,11 @@ fn a_provider_without_its_secret_is_refused_at_start_up() {
         captcha: resetmail_api::captcha::CaptchaConfig,
     }
     for (args, missing) in [
+        // The graphic captcha's key: without it, replicas could not check each other's tickets.
+        (
+            vec!["api", "--captcha", "normal"],
+            "RESETMAIL_CAPTCHA_SECRET",
+        ),
         (
             vec!["api", "--captcha", "recaptcha"],
             "RESETMAIL_RECAPTCHA_SECRET",

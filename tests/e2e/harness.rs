@@ -5,7 +5,11 @@ use std::{sync::Arc, time::Duration};
 
 use clap::Parser as _;
 use resetmail_api::{
-    AppState, captcha::Captcha, config::ApiConfig, publisher::Publisher, rate_limit::RateLimiter,
+    AppState,
+    captcha::{Captcha, graphic::CaptchaSecret},
+    config::ApiConfig,
+    publisher::Publisher,
+    rate_limit::RateLimiter,
 };
 use resetmail_shared::{
     EmailAddress, Job, PasswordResetJob,
@@ -25,6 +29,8 @@ use uuid::Uuid;
 pub const SITE_URL: &str = "https://cloud.example.com";
 /// The site name in tests.
 pub const SITE_NAME: &str = "Example Cloud";
+/// The graphic captcha's key in tests, unless a test gives its own `--captcha-secret`.
+pub const CAPTCHA_SECRET: &str = "tests-captcha-secret-0123456789abcdef";
 
 #[derive(clap::Parser)]
 struct Cli<T: clap::Args> {
@@ -45,6 +51,9 @@ pub fn api_config(db: &TestDb, broker: &BrokerConfig, extra: &[&str]) -> ApiConf
     // Tests send many requests from one address; the rate-limit tests set their own limits.
     if !extra.contains(&"--rate-limit") {
         args.extend_from_slice(&["--rate-limit", "1000000", "--rate-burst", "1000000"]);
+    }
+    if !extra.contains(&"--captcha-secret") {
+        args.extend_from_slice(&["--captcha-secret", CAPTCHA_SECRET]);
     }
     args.extend_from_slice(extra);
     let mut config: ApiConfig = parse(&args);
@@ -83,6 +92,13 @@ pub fn worker_config(
     config.database = db.config.clone();
     config.broker = broker.clone();
     config
+}
+
+/// The graphic captcha's key of an api started with `secret`.
+pub fn captcha_secret(secret: &str) -> CaptchaSecret {
+    secret
+        .parse()
+        .unwrap_or_else(|error| panic!("captcha secret: {error}"))
 }
 
 /// A running worker; stopped gracefully when dropped or by [`TestWorker::stop`].

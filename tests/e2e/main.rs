@@ -9,5 +9,6 @@ mod harness;
 mod operator;
 mod outages;
 mod redeem;
+mod request_timeout;
 mod smtp_pool;
 mod worker_jobs;

@@ -1,7 +1,6 @@
 //! The worker's metrics, described and present at zero from start-up, so that `rate()` and
 //! `increase()` see every series before its first event.
 
-
 use crate::reset::DeadClass;
 
 /// Every `outcome` label of `resetmail_worker_jobs_total`.
@@ -50,7 +49,11 @@ pub fn register(retry_steps: usize) {
         metrics::counter!("resetmail_worker_retries_total", "step" => step.to_string())
             .increment(0);
     }
-    for class in [DeadClass::Permanent, DeadClass::Exhausted, DeadClass::Malformed] {
+    for class in [
+        DeadClass::Permanent,
+        DeadClass::Exhausted,
+        DeadClass::Malformed,
+    ] {
         metrics::counter!("resetmail_worker_dead_letters_total", "class" => class.as_str())
             .increment(0);
     }

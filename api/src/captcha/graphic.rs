@@ -1,17 +1,20 @@
-//! The graphic captcha: a PNG drawn by the `captcha` crate, its ticket and hashed answer kept in
-//! PostgreSQL for `RESETMAIL_CAPTCHA_TTL`, so any api replica can check any ticket. Any check consumes
-//! the ticket; answers compare without regard to case.
+//! The graphic captcha: a PNG drawn by the `captcha` crate, its ticket and answer kept in PostgreSQL
+//! for `RESETMAIL_CAPTCHA_TTL`, so any api replica can check any ticket. The answer is stored as an
+//! HMAC keyed with `RESETMAIL_CAPTCHA_SECRET`: whoever reads the table cannot try the few million
+//! possible answers without the key. Any check consumes the ticket; answers compare without regard to
+//! case.
 
-use std::time::Duration;
+use std::{str::FromStr, time::Duration};
 
 use anyhow::bail;
 use base64::Engine as _;
 use captcha::filters::{Dots, Noise, Wave};
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use resetmail_shared::db::captcha_tickets;
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use sqlx::PgPool;
 
-use super::{CaptchaConfig, CaptchaError};
+use super::{CaptchaConfig, CaptchaError, CaptchaKind};
 
 /// Characters of an answer: no look-alikes (0/O/Q/D, 1/I/L, 8/B, 2/Z …) and none too wide to fit.
 pub const ANSWER_ALPHABET: &[u8] = b"ACEFGHJKNPRSTUVXY345679";
@@ -21,6 +24,53 @@ const TICKET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu
 const CANVAS: (u32, u32) = (400, 300);
 /// Length of a ticket, as Cloudreve's.
 pub const TICKET_LEN: usize = 20;
+
+/// Shortest `RESETMAIL_CAPTCHA_SECRET` accepted, in bytes. The key must resist a search: anyone who can
+/// read the table knows the answer of a captcha they solved themselves, and so could try keys offline.
+pub const SECRET_MIN_BYTES: usize = 32;
+
+/// The key of the stored answers, the same on every api replica so that each can check the others'
+/// tickets. Never printed.
+#[derive(Clone)]
+pub struct CaptchaSecret {
+    mac: Hmac<Sha256>,
+    /// The key's length in bytes, held to [`SECRET_MIN_BYTES`] where the captcha is built, so that a
+    /// refusal need not repeat the key (as a refusal by the flag parser would).
+    len: usize,
+}
+
+impl CaptchaSecret {
+    /// A key from `bytes` (any length; [`GraphicCaptcha::new`] holds operators' keys to a minimum).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        Hmac::new_from_slice(bytes)
+            .map(|mac| Self {
+                mac,
+                len: bytes.len(),
+            })
+            .map_err(|error| format!("unusable captcha secret: {error}"))
+    }
+
+    /// A key of this process alone, from the operating system's CSPRNG.
+    fn random() -> anyhow::Result<Self> {
+        let mut bytes = [0u8; SECRET_MIN_BYTES];
+        getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
+        Self::from_bytes(&bytes).map_err(anyhow::Error::msg)
+    }
+}
+
+impl FromStr for CaptchaSecret {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::from_bytes(text.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for CaptchaSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaptchaSecret(…)")
+    }
+}
 
 /// A captcha to show: its ticket and its image as a `data:` URI.
 #[derive(Debug, serde::Serialize)]
@@ -38,6 +88,7 @@ pub struct GraphicCaptcha {
     height: u32,
     length: usize,
     ttl: Duration,
+    secret: CaptchaSecret,
 }
 
 impl GraphicCaptcha {
@@ -59,11 +110,24 @@ impl GraphicCaptcha {
                 );
             }
         }
+        let secret = match (&config.secret, config.kind) {
+            (Some(secret), _) if secret.len < SECRET_MIN_BYTES => bail!(
+                "RESETMAIL_CAPTCHA_SECRET is too short: at least {SECRET_MIN_BYTES} random characters (e.g. `openssl rand -hex 32`)"
+            ),
+            (Some(secret), _) => secret.clone(),
+            (None, CaptchaKind::Normal) => bail!(
+                "RESETMAIL_CAPTCHA=normal needs RESETMAIL_CAPTCHA_SECRET: at least {SECRET_MIN_BYTES} random characters, the same on every api replica (e.g. `openssl rand -hex 32`)"
+            ),
+            // `GET /site/captcha` still serves pictures, but with another kind in force no ticket is
+            // ever checked: a key of this process's own will do.
+            (None, _) => CaptchaSecret::random()?,
+        };
         Ok(Self {
             width: config.width,
             height: config.height,
             length: usize::from(config.length),
             ttl: config.ttl,
+            secret,
         })
     }
 
@@ -85,7 +149,8 @@ impl GraphicCaptcha {
                 "the captcha could not be encoded as PNG".into(),
             ));
         };
-        captcha_tickets::insert(pool, &ticket, &answer_hash(&ticket, &answer), self.ttl).await?;
+        let hash = answer_hash(&self.secret, &ticket, &answer);
+        captcha_tickets::insert(pool, &ticket, &hash, self.ttl).await?;
         let image = format!(
             "data:image/png;base64,{}",
             base64::engine::general_purpose::STANDARD.encode(png)
@@ -111,19 +176,34 @@ impl GraphicCaptcha {
             None => Err(CaptchaError::Failed(
                 "unknown, used or expired captcha ticket".into(),
             )),
-            Some(hash) if hash == answer_hash(ticket, answer) => Ok(()),
+            Some(hash) if answer_matches(&self.secret, ticket, answer, &hash) => Ok(()),
             Some(_) => Err(CaptchaError::Failed("wrong captcha answer".into())),
         }
     }
 }
 
-/// What is stored for an answer: the SHA-256 of the ticket and the answer in capitals.
-pub fn answer_hash(ticket: &str, answer: &str) -> [u8; 32] {
-    let mut digest = Sha256::new();
-    digest.update(ticket.as_bytes());
-    digest.update(b"\n");
-    digest.update(answer.to_uppercase().as_bytes());
-    digest.finalize().into()
+/// What is stored for an answer: the HMAC-SHA256, keyed with `secret`, of the ticket and the answer
+/// in capitals.
+pub fn answer_hash(secret: &CaptchaSecret, ticket: &str, answer: &str) -> [u8; 32] {
+    answer_mac(secret, ticket, answer)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Whether `stored` is the hash of `answer` for `ticket`, compared in constant time.
+fn answer_matches(secret: &CaptchaSecret, ticket: &str, answer: &str, stored: &[u8]) -> bool {
+    answer_mac(secret, ticket, answer)
+        .verify_slice(stored)
+        .is_ok()
+}
+
+fn answer_mac(secret: &CaptchaSecret, ticket: &str, answer: &str) -> Hmac<Sha256> {
+    let mut mac = secret.mac.clone();
+    mac.update(ticket.as_bytes());
+    mac.update(b"\n");
+    mac.update(answer.to_uppercase().as_bytes());
+    mac
 }
 
 /// Draws `answer` as a `width`×`height` PNG with noise, waves and dots; `None` if a character cannot
@@ -224,9 +304,72 @@ mod tests {
         );
     }
 
+    fn secret(text: &str) -> CaptchaSecret {
+        CaptchaSecret::from_str(text).unwrap_or_else(|error| panic!("{error}"))
+    }
+
     #[test]
     fn answers_compare_without_regard_to_case() {
-        assert_eq!(answer_hash("T", "ab3c"), answer_hash("T", "AB3C"));
-        assert_ne!(answer_hash("T", "AB3C"), answer_hash("U", "AB3C"));
+        let key = secret("0123456789abcdef0123456789abcdef");
+        assert_eq!(
+            answer_hash(&key, "T", "ab3c"),
+            answer_hash(&key, "T", "AB3C")
+        );
+        assert_ne!(
+            answer_hash(&key, "T", "AB3C"),
+            answer_hash(&key, "U", "AB3C")
+        );
+        assert!(answer_matches(
+            &key,
+            "T",
+            "ab3c",
+            &answer_hash(&key, "T", "AB3C")
+        ));
+        assert!(!answer_matches(
+            &key,
+            "T",
+            "AB3D",
+            &answer_hash(&key, "T", "AB3C")
+        ));
+        assert!(!answer_matches(&key, "T", "AB3C", &[]));
+    }
+
+    #[test]
+    fn the_stored_hash_depends_on_the_secret_and_is_not_the_plain_sha256() {
+        use sha2::Digest as _;
+        let key = secret("0123456789abcdef0123456789abcdef");
+        let stored = answer_hash(&key, "T", "AB3C");
+        let unkeyed: [u8; 32] = sha2::Sha256::digest(b"T\nAB3C").into();
+        assert_ne!(stored, unkeyed);
+        assert_ne!(
+            stored,
+            answer_hash(&secret("0123456789abcdef0123456789abcdeF"), "T", "AB3C")
+        );
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_at_start_up_without_being_repeated() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            captcha: CaptchaConfig,
+        }
+        let config =
+            Cli::try_parse_from(["api", "--captcha-secret", "only-31-characters-long-secret!"])
+                .unwrap_or_else(|error| panic!("{error}"))
+                .captcha;
+        let error = GraphicCaptcha::new(&config)
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("too short"), "{error}");
+        assert!(!error.contains("only-31"), "{error}");
+    }
+
+    #[test]
+    fn a_secret_is_never_printed() {
+        let key = secret("0123456789abcdef0123456789abcdef");
+        assert_eq!(format!("{key:?}"), "CaptchaSecret(…)");
     }
 }

@@ -5,12 +5,15 @@
 pub mod graphic;
 pub mod provider;
 
-use std::time::Duration;
+use std::{str::FromStr as _, time::Duration};
 
 use resetmail_shared::config::parse_duration;
 use sqlx::PgPool;
 
-use self::{graphic::GraphicCaptcha, provider::Provider};
+use self::{
+    graphic::{CaptchaSecret, GraphicCaptcha},
+    provider::Provider,
+};
 
 /// Which captcha guards the reset action.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +45,15 @@ pub struct CaptchaConfig {
     /// Characters in the graphic captcha.
     #[arg(long = "captcha-length", env = "RESETMAIL_CAPTCHA_LENGTH", default_value_t = 6, value_parser = clap::value_parser!(u8).range(4..=10))]
     pub length: u8,
+    /// Key of the graphic captcha's stored answers (HMAC-SHA256), at least 32 characters, the same on
+    /// every api replica; required with `--captcha normal`.
+    #[arg(
+        long = "captcha-secret",
+        env = "RESETMAIL_CAPTCHA_SECRET",
+        hide_env_values = true,
+        value_parser = CaptchaSecret::from_str
+    )]
+    pub secret: Option<CaptchaSecret>,
     /// How long a graphic captcha can be answered.
     #[arg(long = "captcha-ttl", env = "RESETMAIL_CAPTCHA_TTL", default_value = "10m", value_parser = parse_duration)]
     pub ttl: Duration,

@@ -2,7 +2,6 @@
 //! statement, the new password stored as argon2id, every other outstanding token of the account
 //! revoked. A wrong, expired, used or revoked link all get the same answer.
 
-use argon2::{Argon2, password_hash::PasswordHasher as _};
 use axum::{
     Json as JsonResponse,
     extract::{Path, State},
@@ -13,7 +12,7 @@ use resetmail_shared::{
 };
 use uuid::Uuid;
 
-use crate::{AppState, envelope::Envelope, error::ApiError, extract::Json};
+use crate::{AppState, envelope::Envelope, error::ApiError, extract::Json, password};
 
 /// Shortest and longest password accepted, in characters.
 pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 6..=128;
@@ -62,16 +61,11 @@ pub async fn redeem_reset(
         return Err(ApiError::Invalid("Secret cannot be empty"));
     }
 
-    // Hashed before the link is checked: every well-formed attempt costs the same, and the
-    // transaction below never waits on the hash. Off the async workers: argon2 is deliberately slow.
-    let password_hash = tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|hash| hash.to_string())
-    })
-    .await
-    .map_err(|error| ApiError::Internal(format!("password hashing stopped: {error}")))?
-    .map_err(|error| ApiError::Internal(format!("cannot hash the password: {error}")))?;
+    // Hashed before the link is checked: every well-formed attempt costs the same (the wait for a
+    // turn included), and the transaction below never waits on the hash.
+    let password_hash = password::hash(password)
+        .await
+        .map_err(|error| ApiError::Internal(format!("cannot hash the password: {error}")))?;
 
     let internal =
         |error: sqlx::Error| ApiError::Internal(format!("cannot redeem the link: {error}"));

@@ -8,10 +8,10 @@ use resetmail_testkit::{
 };
 use uuid::Uuid;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_resetmail-api");
+pub const BINARY: &str = env!("CARGO_BIN_EXE_resetmail-api");
 
 /// The environment of an api on the test's database and broker prefix, on any free port.
-fn environment(db: &TestDb, broker: &TestBroker) -> Vec<(&'static str, String)> {
+pub fn environment(db: &TestDb, broker: &TestBroker) -> Vec<(&'static str, String)> {
     let delays: Vec<String> = broker
         .config
         .retry_delays
@@ -32,7 +32,7 @@ fn environment(db: &TestDb, broker: &TestBroker) -> Vec<(&'static str, String)> 
 }
 
 /// The address the api listens on, read from its start-up line (JSON or pretty).
-async fn http_addr(api: &Process) -> String {
+pub async fn http_addr(api: &Process) -> String {
     let line = api
         .wait_for_line("saying where the api listens", PATIENCE, |line| {
             line.contains("resetmail-api listening")

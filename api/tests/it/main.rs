@@ -2,3 +2,4 @@
 //! test's own database and queue prefix, in both log formats.
 
 mod binary;
+mod redeem_memory;

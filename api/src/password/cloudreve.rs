@@ -1,4 +1,4 @@
-//! The stored form of a new password. Built-in accounts keep argon2id; a Cloudreve site's accounts
+//! Cloudreve's stored password format. Built-in accounts keep argon2id; a Cloudreve site's accounts
 //! get Cloudreve's own format, `salt:hex(sha256(password + salt))` with a random alphanumeric salt,
 //! because Cloudreve's sign-in must verify it (see docs/CLOUDREVE.md). That format is fast to
 //! brute-force; resetmail uses it only where Cloudreve leaves no choice.
