@@ -18,7 +18,7 @@ use resetmail_shared::{
     Job, amqp,
     config::BrokerConfig,
     db::deliveries,
-    email::mask,
+    email::{mask, mask_addresses},
     topology::{Topology, headers},
 };
 use sqlx::PgPool;
@@ -30,7 +30,7 @@ use uuid::Uuid;
 pub struct DeadLetter {
     /// The job id (the AMQP `message_id`), if the message had one.
     pub job_id: Option<String>,
-    /// The requested address, masked.
+    /// The requested address (in clear until [`DeadLetter::masked`]).
     pub email: Option<String>,
     /// Why it is dead: `permanent`, `exhausted`, `malformed`, or `rejected` (dead-lettered by the broker).
     pub error_class: String,
@@ -46,6 +46,40 @@ pub struct DeadLetter {
     pub headers: BTreeMap<String, String>,
     /// The message body (the job: no secret is ever in it).
     pub body: String,
+}
+
+impl DeadLetter {
+    /// The same dead letter with every address masked: the `email`, and wherever one may hide in
+    /// text (the last error, every header, the body's strings). The body stays the text of a valid
+    /// JSON document when it was one.
+    pub fn masked(self) -> Self {
+        Self {
+            email: self.email.as_deref().map(mask),
+            last_error: self.last_error.as_deref().map(mask_addresses),
+            headers: self
+                .headers
+                .into_iter()
+                .map(|(key, value)| (key, mask_addresses(&value)))
+                .collect(),
+            body: match serde_json::from_str::<serde_json::Value>(&self.body) {
+                Ok(mut body) => {
+                    mask_json(&mut body);
+                    body.to_string()
+                }
+                Err(_) => mask_addresses(&self.body),
+            },
+            ..self
+        }
+    }
+}
+
+fn mask_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => *text = mask_addresses(text),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_json),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(mask_json),
+        _ => {}
+    }
 }
 
 /// A connection to the dead-letter queue of one deployment.
@@ -296,11 +330,11 @@ fn describe(message: &BasicGetMessage) -> DeadLetter {
     let get = |key: &str| headers.get(key).cloned();
     let email = Job::decode(&message.delivery.data)
         .ok()
-        .map(|Job::PasswordReset(job)| job.email.masked())
+        .map(|Job::PasswordReset(job)| job.email.as_str().to_owned())
         .or_else(|| {
             serde_json::from_slice::<serde_json::Value>(&message.delivery.data)
                 .ok()
-                .and_then(|body| body["email"].as_str().map(mask))
+                .and_then(|body| body["email"].as_str().map(str::to_owned))
         });
     DeadLetter {
         job_id: message_id(message),
