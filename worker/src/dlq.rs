@@ -6,7 +6,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context as _;
-use futures_util::{StreamExt as _, stream::FuturesUnordered};
+use futures_util::{
+    StreamExt as _,
+    stream::{self, BoxStream, FuturesUnordered},
+};
 use lapin::{
     BasicProperties, Channel, Connection,
     message::{BasicGetMessage, Delivery},
@@ -88,6 +91,10 @@ fn mask_json(value: &mut serde_json::Value) {
 /// the messages this process holds.
 const WINDOW: u16 = 256;
 
+/// How many channels a walk that need not keep the queue's order takes messages on at once: each
+/// waits for the broker's answer to its `basic_get`, so several keep the broker busy.
+const TAKERS: usize = 4;
+
 /// How long a replay waits for a delivery before it checks whether any dead letter is left.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
@@ -125,7 +132,7 @@ impl Dlq {
 
     /// Up to `limit` dead letters, oldest first, left in the queue.
     pub async fn list(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-        let mut walk = self.walk(limit).await?;
+        let mut walk = self.walk(limit, 1).await?;
         let mut letters = Vec::new();
         while let Some(message) = walk.next().await? {
             letters.push(describe(&message.delivery));
@@ -136,7 +143,7 @@ impl Dlq {
 
     /// The dead letter of `job_id`, left in the queue.
     pub async fn show(&self, job_id: Uuid) -> anyhow::Result<Option<DeadLetter>> {
-        let mut walk = self.walk(usize::MAX).await?;
+        let mut walk = self.walk(usize::MAX, TAKERS).await?;
         let found = walk
             .find(job_id)
             .await?
@@ -147,7 +154,7 @@ impl Dlq {
 
     /// Moves the dead letter of `job_id` back to the work queue; false if there is none.
     pub async fn replay_one(&self, pool: &PgPool, job_id: Uuid) -> anyhow::Result<bool> {
-        let mut walk = self.walk(usize::MAX).await?;
+        let mut walk = self.walk(usize::MAX, TAKERS).await?;
         let found = walk.find(job_id).await?;
         if let Some(message) = &found {
             self.replay(pool, &message.delivery).await?;
@@ -230,7 +237,7 @@ impl Dlq {
             return Ok(purged as usize);
         };
         let cutoff = OffsetDateTime::now_utc() - older_than;
-        let mut walk = self.walk(usize::MAX).await?;
+        let mut walk = self.walk(usize::MAX, TAKERS).await?;
         let mut purged = 0;
         while let Some(message) = walk.next().await? {
             if last_seen(&message.delivery).is_some_and(|at| at < cutoff) {
@@ -263,14 +270,41 @@ impl Dlq {
         Ok(queue.message_count() as usize)
     }
 
-    /// A walk over at most `limit` of the dead letters there are now.
-    async fn walk(&self, limit: usize) -> anyhow::Result<Walk> {
+    /// A walk over at most `limit` of the dead letters there are now, taken by `takers` channels at
+    /// once (one keeps them in queue order).
+    async fn walk(&self, limit: usize, takers: usize) -> anyhow::Result<Walk> {
         let left = self.count().await?.min(limit);
-        Ok(Walk {
-            channel: self.connection.create_channel().await?,
-            queue: self.topology.dead_letter_queue(),
-            left,
-        })
+        let queue = self.topology.dead_letter_queue();
+        let mut channels = Vec::with_capacity(takers);
+        for _ in 0..takers.max(1) {
+            channels.push(self.connection.create_channel().await?);
+        }
+        // Each taker asks for its next message only when the walk wants one: at most one message
+        // per taker is on its way.
+        let taker = |channel: Channel| {
+            let queue = queue.clone();
+            stream::unfold(Some(channel), move |channel| {
+                let queue = queue.clone();
+                async move {
+                    let channel = channel?;
+                    let options = BasicGetOptions { no_ack: false };
+                    match channel.basic_get(queue.as_str().into(), options).await {
+                        Ok(Some(message)) => Some((Ok(message), Some(channel))),
+                        Ok(None) => None,
+                        Err(error) => Some((Err(error), None)),
+                    }
+                }
+            })
+        };
+        let messages = stream::select_all(
+            channels
+                .iter()
+                .cloned()
+                .map(|channel| taker(channel).boxed()),
+        )
+        .take(left)
+        .boxed();
+        Ok(Walk { channels, messages })
     }
 
     /// Publishes the job to the work queue with a fresh attempt count (confirmed), makes its delivery
@@ -313,37 +347,22 @@ impl Dlq {
     }
 }
 
-/// A pass over the dead letters without consuming them, on a channel of its own. Each message is
-/// taken (`basic_get`) and left unacknowledged: the broker keeps it, reserved for this channel, and
-/// this process drops it once looked at, so memory does not grow with the queue. Ending the walk
-/// closes the channel and the broker puts every message still unacknowledged back in its place.
-/// (Handing them back one by one would not do: a requeued message returns to the head of the queue
-/// and would be taken again.) A walk takes at most the number of messages there were when it
+/// A pass over the dead letters without consuming them, on channels of its own. Each message is
+/// taken (`basic_get`) and left unacknowledged: the broker keeps it, reserved for the channel that
+/// took it, and this process drops it once looked at, so memory does not grow with the queue. Ending
+/// the walk closes the channels and the broker puts every message still unacknowledged back in its
+/// place. (Handing them back one by one would not do: a requeued message returns to the head of the
+/// queue and would be taken again.) A walk takes at most the number of messages there were when it
 /// began, so it ends even while workers add dead letters.
 struct Walk {
-    channel: Channel,
-    queue: String,
-    left: usize,
+    channels: Vec<Channel>,
+    messages: BoxStream<'static, lapin::Result<BasicGetMessage>>,
 }
 
 impl Walk {
     /// The next dead letter, unacknowledged; `None` at the end of the walk.
     async fn next(&mut self) -> anyhow::Result<Option<BasicGetMessage>> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        let message = self
-            .channel
-            .basic_get(
-                self.queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?;
-        if message.is_none() {
-            self.left = 0;
-        }
-        Ok(message)
+        Ok(self.messages.next().await.transpose()?)
     }
 
     /// Walks on to the dead letter of `job_id`.
@@ -359,9 +378,12 @@ impl Walk {
 
     /// Hands back every message taken and not acknowledged.
     async fn end(self) -> anyhow::Result<()> {
-        self.channel
-            .close(200, "done reading the dead letters".into())
-            .await?;
+        drop(self.messages);
+        for channel in self.channels {
+            channel
+                .close(200, "done reading the dead letters".into())
+                .await?;
+        }
         Ok(())
     }
 }
