@@ -67,6 +67,45 @@ pub fn mask(address: &str) -> String {
     }
 }
 
+/// Masks every address-looking word in free text (an SMTP reply, an error) with [`mask`]:
+/// `550 5.1.1 <bob@example.com>: rejected` becomes `550 5.1.1 <b***@example.com>: rejected`.
+///
+/// A word is a run of characters between whitespace, control characters and the punctuation that
+/// surrounds addresses in replies and headers (`<>()[],;:"'` and the backtick); a word with an `@`
+/// and something on both sides is masked whole, so whatever precedes the `@` in it is hidden even
+/// where the word is wider than the address.
+pub fn mask_addresses(text: &str) -> String {
+    let mut masked = String::with_capacity(text.len());
+    let mut word_start = 0;
+    for (at, c) in text.char_indices() {
+        if is_word_boundary(c) {
+            push_word(&mut masked, &text[word_start..at]);
+            masked.push(c);
+            word_start = at + c.len_utf8();
+        }
+    }
+    push_word(&mut masked, &text[word_start..]);
+    masked
+}
+
+fn is_word_boundary(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(
+            c,
+            '<' | '>' | '(' | ')' | '[' | ']' | ',' | ';' | ':' | '"' | '\'' | '`'
+        )
+}
+
+fn push_word(masked: &mut String, word: &str) {
+    match word.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
+            masked.push_str(&mask(word));
+        }
+        _ => masked.push_str(word),
+    }
+}
+
 fn valid_domain(domain: &str) -> bool {
     domain.contains('.')
         && domain.len() <= 253
@@ -160,5 +199,34 @@ mod tests {
         assert_eq!(mask("nonsense"), "***");
         let email = EmailAddress::parse("jane@example.com").ok();
         assert_eq!(format!("{email:?}"), "Some(EmailAddress(j***@example.com))");
+    }
+
+    #[test]
+    fn every_address_in_free_text_is_masked() {
+        for (text, expected) in [
+            (
+                "550 5.1.1 <bob@example.com>: Recipient address rejected",
+                "550 5.1.1 <b***@example.com>: Recipient address rejected",
+            ),
+            (
+                "to bob@example.com, alice@example.org; \"carol@example.net\" and 'dave@x.io'",
+                "to b***@example.com, a***@example.org; \"c***@example.net\" and 'd***@x.io'",
+            ),
+            ("451 4.3.0 Try again later", "451 4.3.0 Try again later"),
+            ("用户@例子.中国 拒收", "用***@例子.中国 拒收"),
+            ("Ünïcode@bücher.de:", "Ü***@bücher.de:"),
+            (
+                "mailbox full: bob@example.com",
+                "mailbox full: b***@example.com",
+            ),
+            ("rcpt=bob@example.com", "r***@example.com"),
+            (
+                "@ alone, user@ and @domain stay",
+                "@ alone, user@ and @domain stay",
+            ),
+            ("", ""),
+        ] {
+            assert_eq!(mask_addresses(text), expected, "{text:?}");
+        }
     }
 }

@@ -15,7 +15,8 @@ use resetmail_testkit::{
 use serde_json::json;
 
 use crate::harness::{
-    Answer, CAPTCHA_SECRET, TestApi, TestWorker, captcha_secret, reset_link, worker_config,
+    Answer, CAPTCHA_SECRET, TestApi, TestWorker, captcha_secret, job_for, publish, reset_link,
+    worker_config,
 };
 
 const OK: &str = r#"{"code":0,"msg":""}"#;
@@ -263,6 +264,25 @@ async fn no_secret_password_or_captcha_answer_reaches_a_log_line_or_a_table() {
     })
     .await;
     assert_eq!(redeemed.json["data"]["email"], json!("jane@example.com"));
+    // Mail servers name the recipient in their refusals: bob's is final (5xx), carol's passes (4xx).
+    let (bob, carol) = ("bob@example.com", "carol@example.com");
+    for email in [bob, carol] {
+        db.add_user(email, None, None, UserStatus::Active).await;
+    }
+    sink.reject_recipient(
+        bob,
+        550,
+        "5.1.1 <bob@example.com>: Recipient address rejected",
+    );
+    sink.fail_data(452, "4.2.2 <carol@example.com>: mailbox full", 1);
+    let refused = [job_for(bob), job_for(carol)];
+    for job in &refused {
+        publish(&broker, job).await;
+    }
+    broker
+        .wait_for_count(&broker.topology.dead_letter_queue(), 1, PATIENCE)
+        .await;
+    sink.wait_for(2, PATIENCE).await;
     worker.stop().await;
 
     let logs = logs.text();
@@ -294,6 +314,26 @@ async fn no_secret_password_or_captcha_answer_reaches_a_log_line_or_a_table() {
         assert!(dump.contains("jane@example.com"), "the dump is empty");
         assert!(!dump.contains(needle), "{what} is in a table");
     }
+    // What the mail servers said is kept, with the addresses masked.
+    let errors: String = sqlx::query_scalar(
+        "SELECT string_agg(last_error, E'\\n') FROM deliveries WHERE job_id = ANY($1)",
+    )
+    .bind(refused.iter().map(|job| job.job_id).collect::<Vec<_>>())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
+    assert!(errors.contains("<b***@example.com>"), "{errors}");
+    for address in [bob, carol] {
+        assert!(
+            !errors.contains(address),
+            "{address} in deliveries.last_error"
+        );
+        assert!(!logs.contains(address), "{address} in the logs");
+    }
+    assert!(
+        logs.contains("<b***@example.com>") && logs.contains("<c***@example.com>"),
+        "the refusals were not logged:\n{logs}"
+    );
     // Addresses are masked on the api's and the worker's own lines.
     for line in logs.lines().filter(|line| line.contains("resetmail_")) {
         assert!(

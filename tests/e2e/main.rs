@@ -7,6 +7,7 @@ mod captcha;
 mod flow;
 mod harness;
 mod operator;
+mod operator_output;
 mod outages;
 mod redeem;
 mod request_timeout;

@@ -284,20 +284,23 @@ async fn a_permanent_smtp_failure_goes_to_the_dead_letters_without_retry() {
     } = setup().await;
     db.add_user("gone@example.com", None, None, UserStatus::Active)
         .await;
-    sink.reject_recipient("gone@example.com", 550, "5.1.1 no such mailbox");
+    // The server names the recipient, as Postfix does; the address is masked wherever it is kept.
+    sink.reject_recipient(
+        "gone@example.com",
+        550,
+        "5.1.1 <gone@example.com>: Recipient address rejected",
+    );
     let job = job_for("gone@example.com");
     publish(&broker, &job).await;
 
     let row = decided(&db, job.job_id).await;
     assert_eq!((row.outcome.as_str(), row.attempts), ("failed", 1));
+    let error = row.last_error.unwrap_or_default();
     assert!(
-        row.last_error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("550"),
-        "{:?}",
-        row.last_error
+        error.contains("550") && error.contains("<g***@example.com>: Recipient address rejected"),
+        "{error}"
     );
+    assert!(!error.contains("gone@example.com"), "{error}");
     broker
         .wait_for_count(&broker.topology.dead_letter_queue(), 1, PATIENCE)
         .await;
@@ -316,11 +319,12 @@ async fn a_permanent_smtp_failure_goes_to_the_dead_letters_without_retry() {
         Some("permanent")
     );
     assert_eq!(header(&dead, headers::ATTEMPTS).as_deref(), Some("1"));
+    let error = header(&dead, headers::LAST_ERROR).unwrap_or_default();
     assert!(
-        header(&dead, headers::LAST_ERROR)
-            .unwrap_or_default()
-            .contains("550")
+        error.contains("550") && error.contains("<g***@example.com>"),
+        "{error}"
     );
+    assert!(!error.contains("gone@example.com"), "{error}");
     assert_eq!(
         header(&dead, headers::ORIGINAL_ROUTING_KEY),
         Some(broker.topology.work_queue())
@@ -390,7 +394,11 @@ async fn transient_failures_past_the_last_retry_step_end_in_the_dead_letters() {
     let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
     db.add_user("jane@example.com", None, None, UserStatus::Active)
         .await;
-    sink.fail_data(451, "4.3.0 try again later", 100);
+    sink.fail_data(
+        452,
+        "4.2.2 <jane@example.com>: mailbox full, try again later",
+        100,
+    );
     let job = job_for("jane@example.com");
     publish(&broker, &job).await;
 
@@ -412,10 +420,16 @@ async fn transient_failures_past_the_last_retry_step_end_in_the_dead_letters() {
         Some("exhausted")
     );
     assert_eq!(header(&dead, headers::ATTEMPTS).as_deref(), Some("4"));
+    let error = header(&dead, headers::LAST_ERROR).unwrap_or_default();
     assert!(
-        header(&dead, headers::LAST_ERROR)
-            .unwrap_or_default()
-            .contains("451")
+        error.contains("452") && error.contains("<j***@example.com>"),
+        "{error}"
+    );
+    assert!(!error.contains("jane@example.com"), "{error}");
+    let kept = row.last_error.unwrap_or_default();
+    assert!(
+        kept.contains("<j***@example.com>") && !kept.contains("jane@example.com"),
+        "{kept}"
     );
     assert_eq!(sink.attempts(), 4);
     for step in 0..3 {

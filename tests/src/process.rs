@@ -148,6 +148,31 @@ impl Process {
         }
     }
 
+    /// Waits like [`Process::wait_exit`], reading the process's peak resident memory (`VmHWM`, its
+    /// own high-water mark) every few milliseconds meanwhile; the exit status and the last figure
+    /// read, in bytes (0 if it exited before any could be read).
+    pub async fn wait_exit_with_peak_rss(&mut self, within: Duration) -> (ExitStatus, u64) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut peak = 0;
+        loop {
+            if let Some(now) = self.peak_rss_bytes() {
+                peak = peak.max(now);
+            }
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if tokio::time::Instant::now() >= deadline => panic!(
+                    "the process did not exit within {within:?} (peak RSS so far {peak} bytes); \
+                     it wrote:\n{}",
+                    self.stderr().join("\n")
+                ),
+                // Sampling, not waiting for an event: the figure only grows while it runs.
+                Ok(None) => tokio::time::sleep(Duration::from_millis(2)).await,
+                Err(error) => panic!("cannot wait for the process: {error}"),
+            }
+        }
+        (self.wait_exit(within).await, peak)
+    }
+
     /// The process's peak resident memory so far, in bytes (`VmHWM`), while it runs.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;

@@ -8,7 +8,12 @@ use resetmail_shared::{
     EmailAddress,
     config::parse_duration,
     db::{self, deliveries},
-    email::mask,
+    email::{mask, mask_addresses},
+};
+use time::{
+    OffsetDateTime, UtcOffset,
+    format_description::{BorrowedFormatItem, well_known::Rfc3339},
+    macros::format_description,
 };
 use uuid::Uuid;
 
@@ -29,11 +34,17 @@ pub enum DlqCommand {
         /// JSON, one array.
         #[arg(long)]
         json: bool,
+        /// Print addresses in full (masked by default, `j***@example.com`).
+        #[arg(long)]
+        show_addresses: bool,
     },
     /// Print one dead letter in full: headers and body.
     Show {
         /// The job id.
         job_id: Uuid,
+        /// Print addresses in full (masked by default, `j***@example.com`).
+        #[arg(long)]
+        show_addresses: bool,
     },
     /// Move dead letters back to the work queue, attempt count reset.
     Replay {
@@ -67,6 +78,9 @@ pub struct StatusArgs {
     /// JSON, one array.
     #[arg(long)]
     pub json: bool,
+    /// Print addresses in full (masked by default, `j***@example.com`).
+    #[arg(long)]
+    pub show_addresses: bool,
 }
 
 /// `resetmail-worker template …`
@@ -94,10 +108,19 @@ pub async fn dlq(
 ) -> anyhow::Result<()> {
     let dlq = Dlq::open(&config.broker).await?;
     match command {
-        DlqCommand::List { limit, json } => {
+        DlqCommand::List {
+            limit,
+            json,
+            show_addresses,
+        } => {
             // Counted first: messages handed back are requeued by the broker a moment later.
             let total = dlq.count().await?;
             let letters = dlq.list(*limit).await?;
+            let letters: Vec<_> = if *show_addresses {
+                letters
+            } else {
+                letters.into_iter().map(DeadLetter::masked).collect()
+            };
             if *json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&letters)?)?;
             } else {
@@ -110,8 +133,18 @@ pub async fn dlq(
                 )?;
             }
         }
-        DlqCommand::Show { job_id } => match dlq.show(*job_id).await? {
-            Some(letter) => writeln!(out, "{}", serde_json::to_string_pretty(&letter)?)?,
+        DlqCommand::Show {
+            job_id,
+            show_addresses,
+        } => match dlq.show(*job_id).await? {
+            Some(letter) => {
+                let letter = if *show_addresses {
+                    letter
+                } else {
+                    letter.masked()
+                };
+                writeln!(out, "{}", serde_json::to_string_pretty(&letter)?)?;
+            }
             None => bail!("no dead letter for job {job_id}"),
         },
         DlqCommand::Replay { job_id, all } => {
@@ -155,15 +188,36 @@ fn write_letters(out: &mut impl Write, letters: &[DeadLetter]) -> std::io::Resul
             letter.email.as_deref().unwrap_or("-"),
             letter.error_class,
             letter.attempts.map_or("-".into(), |n| n.to_string()),
-            short_time(letter.first_attempt_at.as_deref()),
-            short_time(letter.last_attempt_at.as_deref()),
+            header_time(letter.first_attempt_at.as_deref()),
+            header_time(letter.last_attempt_at.as_deref()),
         )?;
     }
     Ok(())
 }
 
-fn short_time(at: Option<&str>) -> String {
-    at.map_or("-".into(), |at| at.chars().take(19).collect())
+/// How tables print a time: UTC, to the second, always 20 characters (`2026-11-30 04:15:39Z`).
+const TABLE_TIME: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+
+/// A time for a table column.
+fn table_time(at: OffsetDateTime) -> String {
+    let at = at.to_offset(UtcOffset::UTC);
+    at.format(TABLE_TIME).unwrap_or_else(|_| at.to_string())
+}
+
+/// A dead letter's RFC 3339 header for a table column (shown as it is if it does not parse).
+fn header_time(at: Option<&str>) -> String {
+    match at {
+        None => "-".into(),
+        Some(text) => OffsetDateTime::parse(text, &Rfc3339)
+            .map(table_time)
+            .unwrap_or_else(|_| text.to_owned()),
+    }
+}
+
+/// A time for JSON: RFC 3339, in UTC.
+fn json_time(at: OffsetDateTime) -> anyhow::Result<String> {
+    Ok(at.to_offset(UtcOffset::UTC).format(&Rfc3339)?)
 }
 
 /// Runs `status`: the delivery history of an address, a job or a request.
@@ -185,48 +239,59 @@ pub async fn status(
         }
         _ => bail!("give --email, --job or --correlation-id"),
     };
+    // The operator typed the address for --email, but output may be pasted anywhere.
+    let email = |email: &str| {
+        if args.show_addresses {
+            email.to_owned()
+        } else {
+            mask(email)
+        }
+    };
+    let last_error = |error: &Option<String>| {
+        error.as_deref().map(|error| {
+            if args.show_addresses {
+                error.to_owned()
+            } else {
+                mask_addresses(error)
+            }
+        })
+    };
     if args.json {
-        let rows: Vec<_> = rows
+        let rows = rows
             .iter()
             .map(|row| {
-                serde_json::json!({
-                    "job_id": row.job_id, "correlation_id": row.correlation_id, "email": row.email,
-                    "outcome": row.outcome, "attempts": row.attempts, "last_error": row.last_error,
-                    "message_id": row.message_id, "requested_at": row.requested_at.to_string(),
-                    "sent_at": row.sent_at.map(|at| at.to_string()),
-                })
+                Ok(serde_json::json!({
+                    "job_id": row.job_id, "correlation_id": row.correlation_id,
+                    "email": email(&row.email), "outcome": row.outcome, "attempts": row.attempts,
+                    "last_error": last_error(&row.last_error), "message_id": row.message_id,
+                    "requested_at": json_time(row.requested_at)?,
+                    "sent_at": row.sent_at.map(json_time).transpose()?,
+                }))
             })
-            .collect();
+            .collect::<anyhow::Result<Vec<_>>>()?;
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
     writeln!(
         out,
-        "{:<36}  {:<24}  {:<15}  {:>8}  {:<19}  {:<19}  MESSAGE-ID / LAST ERROR",
+        "{:<36}  {:<24}  {:<15}  {:>8}  {:<20}  {:<20}  MESSAGE-ID / LAST ERROR",
         "JOB", "EMAIL", "OUTCOME", "ATTEMPTS", "REQUESTED", "SENT"
     )?;
     for row in &rows {
         let detail = row
             .message_id
             .clone()
-            .or_else(|| row.last_error.clone())
+            .or_else(|| last_error(&row.last_error))
             .unwrap_or_else(|| "-".into());
         writeln!(
             out,
-            "{:<36}  {:<24}  {:<15}  {:>8}  {:<19}  {:<19}  {}",
+            "{:<36}  {:<24}  {:<15}  {:>8}  {:<20}  {:<20}  {}",
             row.job_id,
-            mask(&row.email),
+            email(&row.email),
             row.outcome,
             row.attempts,
-            row.requested_at
-                .to_string()
-                .chars()
-                .take(19)
-                .collect::<String>(),
-            row.sent_at.map_or_else(
-                || "-".to_owned(),
-                |at| at.to_string().chars().take(19).collect::<String>()
-            ),
+            table_time(row.requested_at),
+            row.sent_at.map_or_else(|| "-".to_owned(), table_time),
             detail.chars().take(80).collect::<String>(),
         )?;
     }

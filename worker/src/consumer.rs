@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 
 use crate::{
     Worker,
-    reset::{DeadClass, JobOutcome},
+    reset::{DeadClass, Failure, JobOutcome},
     settle::{Attempt, settle},
 };
 
@@ -227,7 +227,7 @@ async fn process(session: Arc<Session>, delivery: Delivery) {
     async {
         let outcome = match job {
             Ok(Job::PasswordReset(job)) => session.worker.handle(&job, attempt.number).await,
-            Err(error) => JobOutcome::Dead(DeadClass::Malformed, error.to_string()),
+            Err(error) => JobOutcome::Dead(DeadClass::Malformed, Failure::new(error.to_string())),
         };
         if let JobOutcome::Pause(_) = outcome {
             session.pause.notify_one();

@@ -13,6 +13,7 @@ use resetmail_shared::{
         deliveries::{self, Outcome},
         users::{User, UserStatus},
     },
+    email::mask_addresses,
     token::ResetToken,
 };
 use sqlx::{Postgres, Transaction};
@@ -46,6 +47,30 @@ impl DeadClass {
     }
 }
 
+/// Why a job failed, as text for the log, the delivery row and the dead letter's headers. Mail
+/// servers name the recipient in their replies (`550 5.1.1 <bob@example.com>: …`), so every address
+/// in the text is masked here, when it is made: nothing else can build one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure(String);
+
+impl Failure {
+    /// The text with every address in it masked.
+    pub fn new(text: impl AsRef<str>) -> Self {
+        Self(mask_addresses(text.as_ref()))
+    }
+
+    /// The masked text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// What became of a job; one place ([`crate::settle`]) turns it into an ack, a retry copy, a dead
 /// letter or a requeue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,19 +85,19 @@ pub enum JobOutcome {
     /// Already decided by an earlier delivery of the same job; nothing was done.
     Duplicate(Outcome),
     /// Failed in a way that may pass; the job waits in the next retry step.
-    Retry(String),
+    Retry(Failure),
     /// Failed for good; the job goes to the dead letters.
-    Dead(DeadClass, String),
+    Dead(DeadClass, Failure),
     /// Every job would fail alike now (database down, SMTP credentials rejected): the job goes back
     /// to the queue untouched and the worker stops taking jobs for a while.
-    Pause(String),
+    Pause(Failure),
 }
 
 impl JobOutcome {
     /// The error behind a failed outcome.
     pub fn error(&self) -> Option<&str> {
         match self {
-            Self::Retry(text) | Self::Dead(_, text) | Self::Pause(text) => Some(text),
+            Self::Retry(text) | Self::Dead(_, text) | Self::Pause(text) => Some(text.as_str()),
             Self::Sent { .. } | Self::Skipped(_) | Self::Duplicate(_) => None,
         }
     }
@@ -84,7 +109,7 @@ impl Worker {
     pub async fn handle(&self, job: &PasswordResetJob, attempt: u32) -> JobOutcome {
         match self.try_handle(job, attempt).await {
             Ok(outcome) => outcome,
-            Err(error) => JobOutcome::Pause(format!("{error:#}")),
+            Err(error) => JobOutcome::Pause(Failure::new(format!("{error:#}"))),
         }
     }
 
@@ -155,14 +180,16 @@ impl Worker {
             Err(error) => {
                 let retry_steps = self.config.broker.retry_delays.0.len();
                 let (give_up, outcome) = match error {
-                    MailError::Permanent(text) => {
-                        (true, JobOutcome::Dead(DeadClass::Permanent, text))
-                    }
-                    MailError::Transient(text) if attempt as usize > retry_steps => {
-                        (true, JobOutcome::Dead(DeadClass::Exhausted, text))
-                    }
-                    MailError::Transient(text) => (false, JobOutcome::Retry(text)),
-                    MailError::Systemic(text) => (false, JobOutcome::Pause(text)),
+                    MailError::Permanent(text) => (
+                        true,
+                        JobOutcome::Dead(DeadClass::Permanent, Failure::new(text)),
+                    ),
+                    MailError::Transient(text) if attempt as usize > retry_steps => (
+                        true,
+                        JobOutcome::Dead(DeadClass::Exhausted, Failure::new(text)),
+                    ),
+                    MailError::Transient(text) => (false, JobOutcome::Retry(Failure::new(text))),
+                    MailError::Systemic(text) => (false, JobOutcome::Pause(Failure::new(text))),
                 };
                 // The email never left: its token must never work.
                 let text = outcome.error().unwrap_or_default();

@@ -15,7 +15,7 @@ use resetmail_shared::{
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::reset::{DeadClass, JobOutcome};
+use crate::reset::{DeadClass, Failure, JobOutcome};
 
 /// Longest wait for the broker to take an ack, a nack or a confirmed copy.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -134,7 +134,7 @@ async fn dead_letter(
     delivery: &Delivery,
     attempt: &Attempt,
     class: DeadClass,
-    error: &str,
+    error: &Failure,
 ) -> lapin::Result<bool> {
     tracing::error!(outcome = "dead", error.class = class.as_str(), attempt = attempt.number, %error, "reset job moved to the dead letters");
     let copy = with_headers(
@@ -193,7 +193,7 @@ async fn publish(
 fn with_headers(
     delivery: &Delivery,
     attempt: &Attempt,
-    error: &str,
+    error: &Failure,
     dead: Option<(DeadClass, &str)>,
 ) -> BasicProperties {
     let mut table = delivery.properties.headers().clone().unwrap_or_default();
@@ -206,7 +206,10 @@ fn with_headers(
     );
     put(headers::FIRST_ATTEMPT_AT, long_string(&attempt.first_at));
     put(headers::LAST_ATTEMPT_AT, long_string(&now()));
-    put(headers::LAST_ERROR, long_string(&truncate(error, 1000)));
+    put(
+        headers::LAST_ERROR,
+        long_string(&truncate(error.as_str(), 1000)),
+    );
     if let Some((class, routing_key)) = dead {
         put(headers::ERROR_CLASS, long_string(class.as_str()));
         put(headers::ORIGINAL_ROUTING_KEY, long_string(routing_key));

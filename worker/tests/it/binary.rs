@@ -13,7 +13,7 @@ use resetmail_testkit::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_resetmail-worker");
+pub const BINARY: &str = env!("CARGO_BIN_EXE_resetmail-worker");
 
 /// The environment of a worker on the test's database, broker prefix and SMTP server, serving its
 /// HTTP port on any free port.

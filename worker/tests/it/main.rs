@@ -2,3 +2,4 @@
 //! test's own database, queue prefix and SMTP server, in both log formats.
 
 mod binary;
+mod dlq_memory;
