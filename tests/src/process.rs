@@ -148,6 +148,24 @@ impl Process {
         }
     }
 
+    /// Sends `SIGTERM` and waits for a clean exit (status 0) with nothing on standard output; the
+    /// lines it logged.
+    pub async fn stop_cleanly(&mut self, within: Duration) -> Vec<String> {
+        self.terminate();
+        let exit = self.wait_exit(within).await;
+        assert!(
+            exit.success(),
+            "exit {exit:?} after SIGTERM:\n{}",
+            self.stderr().join("\n")
+        );
+        assert!(
+            self.stdout().is_empty(),
+            "logs belong on stderr, stdout got: {:?}",
+            self.stdout()
+        );
+        self.stderr()
+    }
+
     /// Waits like [`Process::wait_exit`], reading the process's peak resident memory (`VmHWM`, its
     /// own high-water mark) every few milliseconds meanwhile; the exit status and the last figure
     /// read, in bytes (0 if it exited before any could be read).
@@ -204,6 +222,41 @@ async fn collect(
         if let Some(count) = &count {
             count.send_replace(total);
         }
+    }
+}
+
+/// Checks the lines of one log format: for `json`, each an object with a level and a message; for
+/// `pretty`, no colour codes (the output is a pipe, not a terminal).
+pub fn assert_log_format(format: &str, lines: &[String]) {
+    for line in lines {
+        if format == "json" {
+            let parsed: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("not a JSON log line ({error}): {line}"));
+            assert!(
+                parsed["level"].is_string() && parsed["message"].is_string(),
+                "{line}"
+            );
+        } else {
+            assert!(
+                !line.contains('\u{1b}'),
+                "colour codes in a piped log: {line}"
+            );
+        }
+    }
+}
+
+/// Panics if `secret` stands in `logs` in any form a logger might print it: as text, as a list of
+/// byte values (`Debug` of a byte string), in hex, or as any of `encodings` (e.g. an SMTP
+/// `AUTH PLAIN` response).
+pub fn assert_secret_absent(logs: &str, what: &str, secret: &str, encodings: &[String]) {
+    let bytes: Vec<String> = secret.bytes().map(|byte| byte.to_string()).collect();
+    let hex: String = secret.bytes().map(|byte| format!("{byte:02x}")).collect();
+    let forms = [secret.to_owned(), bytes.join(", "), hex];
+    for needle in forms.iter().chain(encodings) {
+        assert!(
+            !logs.contains(needle.as_str()),
+            "{what} is in the logs as {needle:?}"
+        );
     }
 }
 

@@ -4,7 +4,9 @@ use resetmail_testkit::{
     PATIENCE,
     broker::{TestBroker, TestBrokerUser},
     db::TestDb,
-    process::{Process, http_get, http_post_json, log_field},
+    process::{
+        Process, assert_log_format, assert_secret_absent, http_get, http_post_json, log_field,
+    },
 };
 use uuid::Uuid;
 
@@ -68,8 +70,8 @@ async fn ask_resets(addr: &str, requests: usize) {
     }
 }
 
-/// Queues requests, answers `/healthz`, stops on SIGTERM; returns its log lines.
-async fn serve_then_stop(format: &str) -> Vec<String> {
+/// Queues requests, answers `/healthz`, stops on SIGTERM, all its lines in `format`.
+async fn serve_then_stop(format: &str) {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let mut env = environment(&db, &broker);
@@ -100,53 +102,24 @@ async fn serve_then_stop(format: &str) -> Vec<String> {
     let (status, body) = http_get(&addr, "/readyz", PATIENCE).await;
     assert_eq!(status, 200, "{body}");
 
-    api.terminate();
-    let exit = api.wait_exit(PATIENCE).await;
+    let lines = api.stop_cleanly(PATIENCE).await;
+    assert_log_format(format, &lines);
     assert!(
-        exit.success(),
-        "exit {exit:?}:\n{}",
-        api.stderr().join("\n")
+        lines
+            .iter()
+            .any(|line| line.contains("connected to the broker")),
+        "{lines:#?}"
     );
-    assert!(
-        api.stdout().is_empty(),
-        "logs belong on stderr, stdout got: {:?}",
-        api.stdout()
-    );
-    api.stderr()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_json_logs_the_api_queues_answers_healthz_and_stops_on_sigterm() {
-    let lines = serve_then_stop("json").await;
-    for line in &lines {
-        let parsed: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|error| panic!("not a JSON log line ({error}): {line}"));
-        assert!(
-            parsed["level"].is_string() && parsed["message"].is_string(),
-            "{line}"
-        );
-    }
-    assert!(
-        lines
-            .iter()
-            .any(|line| line.contains("connected to the broker")),
-        "{lines:#?}"
-    );
+    serve_then_stop("json").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_pretty_logs_the_api_queues_answers_healthz_and_stops_on_sigterm() {
-    let lines = serve_then_stop("pretty").await;
-    assert!(
-        lines.iter().all(|line| !line.contains('\u{1b}')),
-        "colour codes in logs that go to a pipe"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|line| line.contains("connected to the broker")),
-        "{lines:#?}"
-    );
+    serve_then_stop("pretty").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,28 +143,9 @@ async fn no_credential_reaches_the_api_logs_even_at_trace_level() {
         let mut api = Process::start(BINARY, &[], &env);
         let addr = http_addr(&api).await;
         ask_resets(&addr, 1).await;
-        api.terminate();
-        let exit = api.wait_exit(PATIENCE).await;
-        assert!(exit.success(), "exit {exit:?}");
-
-        let logs = api.stderr().join("\n");
+        let logs = api.stop_cleanly(PATIENCE).await.join("\n");
         assert!(logs.contains("TRACE"), "nothing was logged at trace level");
-        for (what, secret) in [
-            ("the AMQP password", amqp_user.password.as_str()),
-            ("the PostgreSQL password", database_password.as_str()),
-        ] {
-            let bytes: Vec<String> = secret.bytes().map(|byte| byte.to_string()).collect();
-            let hex: String = secret.bytes().map(|byte| format!("{byte:02x}")).collect();
-            for (form, needle) in [
-                ("as text", secret.to_owned()),
-                ("as a list of bytes", bytes.join(", ")),
-                ("in hex", hex),
-            ] {
-                assert!(
-                    !logs.contains(&needle),
-                    "{what} is in the {format} logs {form}"
-                );
-            }
-        }
+        assert_secret_absent(&logs, "the AMQP password", &amqp_user.password, &[]);
+        assert_secret_absent(&logs, "the PostgreSQL password", &database_password, &[]);
     }
 }
