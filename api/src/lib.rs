@@ -47,6 +47,8 @@ pub struct AppState {
     pub captcha: Arc<Captcha>,
     /// Per-client rate limits.
     pub rate_limiter: Arc<RateLimiter>,
+    /// Where accounts are, and how links name them.
+    pub accounts: resetmail_shared::db::users::Accounts,
     /// Renders the process's metrics.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -137,12 +139,15 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Resu
     tokio::spawn(forget_idle_clients(rate_limiter.clone(), shutdown.clone()));
     let metrics = resetmail_shared::metrics::handle();
     metrics::register(&config.base_path);
+    let accounts =
+        resetmail_shared::db::users::Accounts::load(&pool, config.database.accounts).await?;
     let state = AppState {
         config: Arc::new(config),
         pool,
         publisher,
         captcha,
         rate_limiter,
+        accounts,
         metrics,
     };
     let served = serve(listener, state, shutdown.clone());

@@ -104,6 +104,7 @@ impl Run {
         let pool = db::connect(&DatabaseConfig {
             url: database_url.clone(),
             pool_size: WORKER_CONCURRENCY as u32 + 1,
+            accounts: Default::default(),
         })
         .await?;
         let broker_config = BrokerConfig {
@@ -494,7 +495,8 @@ async fn job_transactions(pool: &PgPool, emails: Vec<String>) -> anyhow::Result<
         let Job::PasswordReset(job) = load::job(&emails[i]);
         let token = ResetToken::generate()?;
         let mut tx = pool.begin().await?;
-        let (_claim, user) = db::deliveries::claim(&mut *tx, &job).await?;
+        let (_claim, user) =
+            db::deliveries::claim(&mut *tx, &job, &db::users::Accounts::Builtin).await?;
         let user = user.context("a bench account is missing")?;
         let send = db::deliveries::PreparedSend {
             job_id: job.job_id,

@@ -22,6 +22,26 @@ pub struct DatabaseConfig {
         default_value_t = 10
     )]
     pub pool_size: u32,
+    /// Where accounts come from: resetmail's own `users` table, or a Cloudreve site's database
+    /// (`DATABASE_URL` is then that database; resetmail keeps its own tables in the schema
+    /// `resetmail` there).
+    #[arg(
+        long = "account-source",
+        env = "RESETMAIL_ACCOUNT_SOURCE",
+        value_enum,
+        default_value_t = AccountSource::Builtin
+    )]
+    pub accounts: AccountSource,
+}
+
+/// Where accounts, and in Cloudreve mode the site's settings, come from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccountSource {
+    /// resetmail's own `users` table (sites sync into it; `resetmail-api user add`).
+    #[default]
+    Builtin,
+    /// A Cloudreve v4 site's own PostgreSQL database: its `users` and `settings` tables.
+    Cloudreve,
 }
 
 /// Where the broker is and how the queues are named.

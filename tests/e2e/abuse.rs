@@ -229,7 +229,7 @@ async fn no_secret_password_or_captcha_answer_reaches_a_log_line_or_a_table() {
     db.add_user("jane@example.com", Some("Jane"), None, UserStatus::Active)
         .await;
     let api = TestApi::start_with(&db, &broker.config, &["--captcha", "normal"]).await;
-    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[]));
 
     // Captcha answered right, reset asked, email received, link redeemed.
     let fetched = api

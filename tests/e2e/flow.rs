@@ -24,7 +24,7 @@ async fn a_known_address_gets_one_email_whose_link_secret_hashes_to_the_stored_t
         )
         .await;
     let api = TestApi::start(&db, &broker.config).await;
-    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[]));
 
     let correlation_id = Uuid::new_v4();
     let answer = api
@@ -62,17 +62,13 @@ async fn a_known_address_gets_one_email_whose_link_secret_hashes_to_the_stored_t
     assert!(mail.text.contains("Hello Jane"), "{}", mail.text);
 
     let (id, secret) = reset_link(&mail);
-    assert_eq!(
-        id,
-        user.public_id.to_string(),
-        "the link carries the opaque id"
-    );
+    assert_eq!(id, user.link_id.clone(), "the link carries the opaque id");
     assert_eq!(secret.len(), 43, "32 bytes in URL-safe base64: {secret}");
     assert!(mail.html.contains(&secret), "the HTML part lacks the link");
     assert!(
         mail.html.contains(&format!(
             "?id&#x3D;{}&amp;secret&#x3D;{secret}",
-            user.public_id
+            user.link_id
         )),
         "{}",
         mail.html
@@ -117,7 +113,7 @@ async fn unknown_banned_and_inactive_addresses_get_the_same_answer_and_no_email(
         .await;
     let api = TestApi::start(&db, &broker.config).await;
     let worker = TestWorker::start(worker_config(
-        &db,
+        &db.config,
         &broker.config,
         &sink,
         &["--concurrency", "1"],

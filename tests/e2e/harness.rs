@@ -13,13 +13,17 @@ use resetmail_api::{
 };
 use resetmail_shared::{
     EmailAddress, Job, PasswordResetJob,
-    config::BrokerConfig,
-    db::deliveries::{self, Delivery},
+    config::{BrokerConfig, DatabaseConfig},
+    db::{
+        deliveries::{self, Delivery},
+        users::Accounts,
+    },
 };
 use resetmail_testkit::{
     PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
 };
 use resetmail_worker::config::WorkerConfig;
+use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -46,7 +50,7 @@ fn parse<T: clap::Args>(args: &[&str]) -> T {
 }
 
 /// The api's configuration, on the test's database and broker, with `extra` flags.
-pub fn api_config(db: &TestDb, broker: &BrokerConfig, extra: &[&str]) -> ApiConfig {
+pub fn api_config(database: &DatabaseConfig, broker: &BrokerConfig, extra: &[&str]) -> ApiConfig {
     let mut args = vec!["resetmail-api", "--publish-timeout", "2s"];
     // Tests send many requests from one address; the rate-limit tests set their own limits.
     if !extra.contains(&"--rate-limit") {
@@ -57,14 +61,14 @@ pub fn api_config(db: &TestDb, broker: &BrokerConfig, extra: &[&str]) -> ApiConf
     }
     args.extend_from_slice(extra);
     let mut config: ApiConfig = parse(&args);
-    config.database = db.config.clone();
+    config.database = database.clone();
     config.broker = broker.clone();
     config
 }
 
 /// The worker's configuration, sending to `sink`, with `extra` flags.
 pub fn worker_config(
-    db: &TestDb,
+    database: &DatabaseConfig,
     broker: &BrokerConfig,
     sink: &SmtpSink,
     extra: &[&str],
@@ -89,7 +93,7 @@ pub fn worker_config(
     ];
     args.extend_from_slice(extra);
     let mut config: WorkerConfig = parse(&args);
-    config.database = db.config.clone();
+    config.database = database.clone();
     config.broker = broker.clone();
     config
 }
@@ -156,7 +160,12 @@ impl TestApi {
 
     /// Serves the api configured with `extra` flags, and waits until its publisher is connected.
     pub async fn start_with(db: &TestDb, broker: &BrokerConfig, extra: &[&str]) -> TestApi {
-        let api = Self::serve(api_config(db, broker, extra), db).await;
+        Self::start_configured(api_config(&db.config, broker, extra), db.pool.clone()).await
+    }
+
+    /// Serves the api configured with `config` on `pool`, and waits until its publisher is connected.
+    pub async fn start_configured(config: ApiConfig, pool: PgPool) -> TestApi {
+        let api = Self::serve(config, pool).await;
         eventually("the api's broker connection", PATIENCE, || async {
             api.publisher.is_connected().then_some(())
         })
@@ -164,7 +173,7 @@ impl TestApi {
         api
     }
 
-    async fn serve(config: ApiConfig, db: &TestDb) -> TestApi {
+    async fn serve(config: ApiConfig, pool: PgPool) -> TestApi {
         resetmail_testkit::init_logs();
         // The test's HTTP client uses the same TLS provider as the api's captcha client.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -175,12 +184,16 @@ impl TestApi {
         let publisher = Publisher::start(&config.broker, config.publish_timeout, shutdown.clone());
         let (listener, base) = local_listener().await;
         let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limit));
+        let accounts = Accounts::load(&pool, config.database.accounts)
+            .await
+            .unwrap_or_else(|error| panic!("{error:#}"));
         let state = AppState {
             config: Arc::new(config),
-            pool: db.pool.clone(),
+            pool,
             publisher: publisher.clone(),
             captcha,
             rate_limiter,
+            accounts,
             metrics: resetmail_shared::metrics::handle(),
         };
         tokio::spawn(resetmail_api::serve(listener, state, shutdown.clone()));

@@ -4,6 +4,7 @@ mod abuse;
 mod api_broker_outage;
 mod api_reset;
 mod captcha;
+mod cloudreve;
 mod flow;
 mod harness;
 mod operator;

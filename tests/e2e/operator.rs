@@ -47,7 +47,7 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let config = worker_config(&db, &broker.config, &sink, &[]);
+    let config = worker_config(&db.config, &broker.config, &sink, &[]);
     let worker = TestWorker::start(config.clone());
     let mut jobs = Vec::new();
     for n in 0..3 {
@@ -211,7 +211,7 @@ async fn status_tells_what_happened_to_an_address_a_job_or_a_request() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let config = worker_config(&db, &broker.config, &sink, &[]);
+    let config = worker_config(&db.config, &broker.config, &sink, &[]);
     let worker = TestWorker::start(config.clone());
     db.add_user("jane@example.com", None, None, UserStatus::Active)
         .await;
@@ -288,7 +288,7 @@ async fn template_preview_renders_the_chosen_language_and_refuses_a_broken_overr
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let config = worker_config(&db, &broker.config, &sink, &[]);
+    let config = worker_config(&db.config, &broker.config, &sink, &[]);
     let mut out = Vec::new();
     commands::template(
         &config,
@@ -386,7 +386,7 @@ async fn three_workers_share_a_thousand_requests_and_send_each_email_once() {
         .unwrap_or_else(|error| panic!("{error}"));
     let api = TestApi::start(&db, &broker.config).await;
     let workers: Vec<_> = (0..3)
-        .map(|_| TestWorker::start(worker_config(&db, &broker.config, &sink, &[])))
+        .map(|_| TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[])))
         .collect();
 
     for n in 1..=total {
@@ -439,7 +439,7 @@ async fn the_worker_serves_health_readiness_and_its_job_metrics() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[]));
     db.add_user("jane@example.com", None, None, UserStatus::Active)
         .await;
     let job = job_for("jane@example.com");

@@ -43,7 +43,7 @@ async fn addresses_named_by_the_mail_server_are_masked_in_every_operator_output_
     let db = TestDb::new().await;
     let broker = TestBroker::with_retry_delays("50ms").await;
     let sink = SmtpSink::start().await;
-    let config = worker_config(&db, &broker.config, &sink, &["--concurrency", "1"]);
+    let config = worker_config(&db.config, &broker.config, &sink, &["--concurrency", "1"]);
     let worker = TestWorker::start(config.clone());
     let (bob, carol) = ("bob@example.com", "carol@example.com");
     for email in [bob, carol] {
@@ -192,7 +192,7 @@ async fn operator_tables_and_json_print_times_in_one_readable_utc_format() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let config = worker_config(&db, &broker.config, &sink, &[]);
+    let config = worker_config(&db.config, &broker.config, &sink, &[]);
     // A single-digit hour, microseconds, and (in the dead letter) an offset other than UTC.
     let job_id = Uuid::new_v4();
     sqlx::query(

@@ -24,7 +24,7 @@ async fn a_worker_that_loses_its_connection_with_jobs_in_flight_loses_none_and_s
     let sink = SmtpSink::start().await;
     let proxy = TcpProxy::start(broker::server_addr()).await;
     let first = TestWorker::start(worker_config(
-        &db,
+        &db.config,
         &broker.config_via(proxy.port()),
         &sink,
         &["--concurrency", "10"],
@@ -40,7 +40,7 @@ async fn a_worker_that_loses_its_connection_with_jobs_in_flight_loses_none_and_s
     sink.wait_for(1, PATIENCE).await;
     proxy.cut();
     first.stop().await;
-    let second = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    let second = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[]));
 
     sent_rows(&db, total).await;
     sink.wait_for(total as usize, PATIENCE).await;
@@ -60,7 +60,7 @@ async fn requests_keep_their_promise_while_the_broker_closes_every_connection() 
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
     let api = TestApi::start(&db, &broker.config).await;
-    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[]));
 
     // The worker is consuming once the first email arrives.
     db.add_user("first@example.com", None, None, UserStatus::Active)
@@ -145,7 +145,7 @@ async fn the_worker_pauses_while_the_database_is_unreachable_and_resumes_by_itse
     let sink = SmtpSink::start().await;
     let proxy = TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 5432))).await;
     let mut config = worker_config(
-        &db,
+        &db.config,
         &broker.config,
         &sink,
         &["--pause-min", "100ms", "--pause-max", "500ms"],
@@ -193,7 +193,7 @@ async fn a_stopping_worker_finishes_what_it_took_and_leaves_the_rest_queued() {
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
     let first = TestWorker::start(worker_config(
-        &db,
+        &db.config,
         &broker.config,
         &sink,
         &["--concurrency", "4"],
@@ -231,7 +231,7 @@ async fn a_stopping_worker_finishes_what_it_took_and_leaves_the_rest_queued() {
         )
         .await;
 
-    let second = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    let second = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[]));
     sent_rows(&db, total).await;
     let counts = per_recipient(&sink);
     assert_eq!(counts.len(), total as usize);
@@ -265,7 +265,7 @@ async fn a_quorum_work_queue_with_its_delivery_limit_carries_jobs_too() {
     );
     let sink = SmtpSink::start().await;
     let api = TestApi::start(&db, &broker.config).await;
-    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[]));
     db.add_user("jane@example.com", None, None, UserStatus::Active)
         .await;
 

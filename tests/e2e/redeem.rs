@@ -23,7 +23,7 @@ async fn site() -> Site {
     let sink = SmtpSink::start().await;
     let api = TestApi::start(&db, &broker.config).await;
     let worker = TestWorker::start(worker_config(
-        &db,
+        &db.config,
         &broker.config,
         &sink,
         &["--account-cooldown", "0s"],
@@ -85,10 +85,7 @@ async fn a_link_sets_the_password_once_and_only_the_latest_link_works() {
     let (id, secret) = email_link(&site, "JANE@example.com").await;
     assert_eq!(
         (old_id.as_str(), id.as_str()),
-        (
-            user.public_id.to_string().as_str(),
-            user.public_id.to_string().as_str()
-        )
+        (user.link_id.clone().as_str(), user.link_id.clone().as_str())
     );
     assert_ne!(old_secret, secret);
 
@@ -102,7 +99,7 @@ async fn a_link_sets_the_password_once_and_only_the_latest_link_works() {
     assert_eq!(redeemed.status, 200, "{}", redeemed.text);
     assert_eq!(
         redeemed.json,
-        json!({"code": 0, "msg": "", "data": {"id": user.public_id.to_string(), "email": "jane@example.com", "nickname": "Jane"}})
+        json!({"code": 0, "msg": "", "data": {"id": user.link_id.clone(), "email": "jane@example.com", "nickname": "Jane"}})
     );
     let hash = stored_hash(&site.db)
         .await
@@ -162,10 +159,7 @@ async fn an_expired_a_foreign_or_a_made_up_link_is_refused_the_same_way() {
     let body = json!({"password": "a fine password", "secret": secret});
 
     assert_expired(
-        &site
-            .api
-            .redeem(&other.public_id.to_string(), body.clone())
-            .await,
+        &site.api.redeem(&other.link_id.clone(), body.clone()).await,
         "another account's id",
     );
     assert_expired(

@@ -33,7 +33,7 @@ async fn setup_with(extra: &[&str]) -> Setup {
     let sink = SmtpSink::start().await;
     let mut flags = vec!["--concurrency", "1"];
     flags.extend_from_slice(extra);
-    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &flags));
+    let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &flags));
     Setup {
         db,
         broker,
@@ -391,7 +391,7 @@ async fn transient_failures_past_the_last_retry_step_end_in_the_dead_letters() {
     let db = TestDb::new().await;
     let broker = TestBroker::with_retry_delays("50ms,100ms,150ms").await;
     let sink = SmtpSink::start().await;
-    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[]));
     db.add_user("jane@example.com", None, None, UserStatus::Active)
         .await;
     sink.fail_data(
@@ -448,7 +448,7 @@ async fn jobs_queued_while_the_mail_server_is_down_are_all_delivered_once_it_is_
     // Enough steps to outlast the outage below.
     let broker = TestBroker::with_retry_delays(&["200ms"; 30].join(",")).await;
     let sink = SmtpSink::start().await;
-    let worker = TestWorker::start(worker_config(&db, &broker.config, &sink, &[]));
+    let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[]));
     sink.set_down(true);
     let mut jobs = Vec::new();
     for n in 0..5 {
@@ -498,7 +498,7 @@ async fn an_account_gets_one_email_per_cooldown_however_many_jobs_arrive() {
     let sink = SmtpSink::start().await;
     // Several jobs in parallel: the account's row lock makes them see each other's sends.
     let worker = TestWorker::start(worker_config(
-        &db,
+        &db.config,
         &broker.config,
         &sink,
         &["--concurrency", "8"],

@@ -1,7 +1,7 @@
 //! `TestDb`: a database of its own for one test, migrated, dropped when the test ends.
 
 use resetmail_shared::{
-    config::DatabaseConfig,
+    config::{AccountSource, DatabaseConfig},
     db::users::{self, NewUser, User, UserStatus},
 };
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool};
@@ -27,7 +27,11 @@ impl TestDb {
     pub async fn new() -> TestDb {
         let name = format!("resetmail_test_{}", Uuid::new_v4().simple());
         let url = format!("{}/{}", server_url().trim_end_matches('/'), name);
-        let config = DatabaseConfig { url, pool_size: 10 };
+        let config = DatabaseConfig {
+            url,
+            pool_size: 10,
+            accounts: AccountSource::Builtin,
+        };
         let pool = resetmail_shared::db::connect(&config)
             .await
             .unwrap_or_else(|error| {

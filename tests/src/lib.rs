@@ -1,9 +1,10 @@
 //! Fixtures for resetmail's tests, on real services: a fresh PostgreSQL database per test, a unique
 //! RabbitMQ queue prefix per test (both removed afterwards, even when the test fails), an in-process
 //! SMTP server over TCP, a TCP proxy that can cut a connection to simulate an outage, and the
-//! binaries run as child processes.
+//! binaries run as child processes. `cloudreve` makes the database a Cloudreve v4 site's instead.
 
 pub mod broker;
+pub mod cloudreve;
 pub mod db;
 pub mod process;
 pub mod proxy;

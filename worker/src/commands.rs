@@ -308,14 +308,15 @@ pub fn template(
     let TemplateCommand::Preview { lang, html, text } = command;
     let templates = Templates::load(config.templates_dir.as_deref(), &config.default_language)?;
     let chosen = templates.choose_language(Some(lang)).to_owned();
-    let site_url = config.site_url.trim_end_matches('/').to_owned();
+    let site = config.site(None)?;
     let context = ResetEmailContext {
-        site_name: config.site_name.clone(),
+        site_name: site.name,
         link: format!(
-            "{site_url}/session/reset?id={}&secret=SAMPLE-SECRET",
+            "{}/session/reset?id={}&secret=SAMPLE-SECRET",
+            site.url,
             Uuid::nil()
         ),
-        site_url,
+        site_url: site.url,
         name: "Sample User".into(),
         email: "user@example.com".into(),
         valid_for: valid_for(config.token_ttl, &chosen),

@@ -2,25 +2,22 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use resetmail_shared::config::{BrokerConfig, DatabaseConfig, LogConfig, parse_duration};
+use resetmail_shared::{
+    config::{BrokerConfig, DatabaseConfig, LogConfig, parse_duration},
+    db::cloudreve::SiteSettings,
+};
 
 /// Everything the worker reads from the environment or its flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct WorkerConfig {
-    /// Public URL of the Cloudreve site; links point there (never taken from a request).
-    #[arg(
-        long = "site-url",
-        env = "RESETMAIL_SITE_URL",
-        default_value = "http://localhost:5212"
-    )]
-    pub site_url: String,
-    /// Site name, in the subject `[{site name}] …` and the email.
-    #[arg(
-        long = "site-name",
-        env = "RESETMAIL_SITE_NAME",
-        default_value = "Cloudreve"
-    )]
-    pub site_name: String,
+    /// Public URL of the Cloudreve site; links point there (never taken from a request). Unset: the
+    /// site's `siteURL` setting in Cloudreve mode, else `http://localhost:5212` (Cloudreve's default).
+    #[arg(long = "site-url", env = "RESETMAIL_SITE_URL")]
+    pub site_url: Option<String>,
+    /// Site name, in the subject `[{site name}] …` and the email. Unset: the site's `siteName`
+    /// setting in Cloudreve mode, else `Cloudreve`.
+    #[arg(long = "site-name", env = "RESETMAIL_SITE_NAME")]
+    pub site_name: Option<String>,
     /// SMTP server, e.g. `smtp://user:pass@host:587?tls=required`; unset writes `.eml` files instead.
     #[arg(long = "smtp-url", env = "RESETMAIL_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
@@ -100,4 +97,43 @@ pub struct WorkerConfig {
     pub broker: BrokerConfig,
     #[command(flatten)]
     pub log: LogConfig,
+}
+
+/// Cloudreve's own defaults for the site's address and name.
+const DEFAULT_SITE_URL: &str = "http://localhost:5212";
+const DEFAULT_SITE_NAME: &str = "Cloudreve";
+
+/// The site the emails speak for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// Its public address, without a trailing slash.
+    pub url: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl WorkerConfig {
+    /// The site: each of `RESETMAIL_SITE_URL` and `RESETMAIL_SITE_NAME` when set, else the Cloudreve
+    /// site's setting (`cloudreve`, in Cloudreve mode), else Cloudreve's default. The address must
+    /// be `http://` or `https://`.
+    pub fn site(&self, cloudreve: Option<&SiteSettings>) -> anyhow::Result<Site> {
+        let url = self
+            .site_url
+            .clone()
+            .or_else(|| cloudreve.and_then(SiteSettings::first_site_url))
+            .unwrap_or_else(|| DEFAULT_SITE_URL.to_owned())
+            .trim_end_matches('/')
+            .to_owned();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            anyhow::bail!(
+                "the site's URL (RESETMAIL_SITE_URL, or Cloudreve's siteURL) must start with http:// or https://, got `{url}`"
+            );
+        }
+        let name = self
+            .site_name
+            .clone()
+            .or_else(|| cloudreve.and_then(|settings| settings.site_name.clone()))
+            .unwrap_or_else(|| DEFAULT_SITE_NAME.to_owned());
+        Ok(Site { url, name })
+    }
 }

@@ -18,6 +18,8 @@ use lettre::message::Mailbox;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use resetmail_shared::{config::AccountSource, db::users::Accounts};
+
 use crate::{config::WorkerConfig, mailer::Mailer, templates::Templates};
 
 /// Everything a job needs; shared by the tasks that handle jobs.
@@ -28,7 +30,8 @@ pub struct Worker {
     mailer: Mailer,
     templates: Templates,
     from: Mailbox,
-    site_url: String,
+    site: config::Site,
+    accounts: Accounts,
     message_id_domain: String,
     /// Whether the worker is consuming now.
     pub health: Arc<health::Health>,
@@ -36,7 +39,12 @@ pub struct Worker {
 
 impl Worker {
     /// Checks the configuration and compiles the templates; any problem stops the worker here.
-    pub fn new(config: WorkerConfig, pool: PgPool) -> anyhow::Result<Self> {
+    pub fn new(
+        config: WorkerConfig,
+        pool: PgPool,
+        accounts: Accounts,
+        site: config::Site,
+    ) -> anyhow::Result<Self> {
         let templates = Templates::load(config.templates_dir.as_deref(), &config.default_language)?;
         let from: Mailbox = config
             .mail_from
@@ -48,12 +56,6 @@ impl Worker {
             config.smtp_timeout,
             usize::from(config.concurrency),
         )?;
-        let site_url = config.site_url.trim_end_matches('/').to_owned();
-        if !(site_url.starts_with("https://") || site_url.starts_with("http://")) {
-            anyhow::bail!(
-                "RESETMAIL_SITE_URL must start with http:// or https://, got `{site_url}`"
-            );
-        }
         let message_id_domain = from.email.domain().to_owned();
         Ok(Self {
             config,
@@ -61,7 +63,8 @@ impl Worker {
             mailer,
             templates,
             from,
-            site_url,
+            site,
+            accounts,
             message_id_domain,
             health: Arc::new(health::Health::default()),
         })
@@ -76,7 +79,18 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
         .pool_size
         .max(u32::from(config.concurrency) + 1);
     let pool = resetmail_shared::db::connect(&config.database).await?;
-    let worker = Worker::new(config, pool)?;
+    let accounts = Accounts::load(&pool, config.database.accounts).await?;
+    let cloudreve = match config.database.accounts {
+        AccountSource::Builtin => None,
+        AccountSource::Cloudreve => Some(
+            resetmail_shared::db::cloudreve::site_settings(&pool)
+                .await
+                .context("cannot read the Cloudreve site's settings")?,
+        ),
+    };
+    let site = config.site(cloudreve.as_ref())?;
+    tracing::info!(accounts = ?config.database.accounts, site.url = %site.url, site.name = %site.name, "site");
+    let worker = Worker::new(config, pool, accounts, site)?;
     match &worker.config.smtp_url {
         Some(_) => tracing::info!("sending email over SMTP"),
         None => tracing::warn!(

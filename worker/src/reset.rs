@@ -119,7 +119,7 @@ impl Worker {
             .begin()
             .await
             .context("cannot begin a transaction")?;
-        let (claim, user) = deliveries::claim(&mut *tx, job)
+        let (claim, user) = deliveries::claim(&mut *tx, job, &self.accounts)
             .await
             .context("cannot record the job")?;
         if claim.outcome.is_final() {
@@ -208,8 +208,8 @@ impl Worker {
     ) -> Result<Message, String> {
         let lang = self.templates.choose_language(user.language.as_deref());
         let context = ResetEmailContext {
-            site_name: self.config.site_name.clone(),
-            site_url: self.site_url.clone(),
+            site_name: self.site.name.clone(),
+            site_url: self.site.url.clone(),
             name: user
                 .nick
                 .clone()
@@ -218,8 +218,8 @@ impl Worker {
             email: user.email.clone(),
             link: format!(
                 "{}/session/reset?id={}&secret={}",
-                self.site_url,
-                user.public_id,
+                self.site.url,
+                user.link_id,
                 token.secret()
             ),
             valid_for: valid_for(self.config.token_ttl, lang),

@@ -1,13 +1,19 @@
 //! `PATCH {base}/user/reset/{id}`: redeem a reset link. The token is checked and spent in one
-//! statement, the new password stored as argon2id, every other outstanding token of the account
-//! revoked. A wrong, expired, used or revoked link all get the same answer.
+//! statement, the new password stored (argon2id for a built-in account; Cloudreve's own format in
+//! the site's `users.password` for a Cloudreve account, since Cloudreve's sign-in must verify it),
+//! every other outstanding token of the account revoked. A wrong, expired, used or revoked link all
+//! get the same answer.
 
 use axum::{
     Json as JsonResponse,
     extract::{Path, State},
 };
 use resetmail_shared::{
-    db::{tokens, users},
+    db::{
+        cloudreve, tokens,
+        users::{self, Accounts},
+    },
+    hashid::ObjectKind,
     token::hash_secret,
 };
 use uuid::Uuid;
@@ -29,8 +35,8 @@ pub struct RedeemRequest {
 /// The account, as Cloudreve's frontend reads it after a reset (it signs in with `email`).
 #[derive(Debug, serde::Serialize)]
 pub struct ResetUser {
-    /// The opaque id.
-    pub id: Uuid,
+    /// The account's id, as in the link.
+    pub id: String,
     /// The account's address.
     pub email: String,
     /// Its display name (empty when it has none).
@@ -43,8 +49,7 @@ pub async fn redeem_reset(
     Path(id): Path<String>,
     Json(request): Json<RedeemRequest>,
 ) -> Result<JsonResponse<Envelope<ResetUser>>, ApiError> {
-    let public_id =
-        Uuid::try_parse(&id).map_err(|_| ApiError::Invalid("Failed to parse object ID"))?;
+    let account = LinkAccount::parse(&state.accounts, &id)?;
     let password = request.password.unwrap_or_default();
     let length = password.chars().count();
     if length == 0 {
@@ -63,37 +68,76 @@ pub async fn redeem_reset(
 
     // Hashed before the link is checked: every well-formed attempt costs the same (the wait for a
     // turn included), and the transaction below never waits on the hash.
-    let password_hash = password::hash(password)
-        .await
-        .map_err(|error| ApiError::Internal(format!("cannot hash the password: {error}")))?;
+    let stored = match account {
+        LinkAccount::Builtin(_) => password::hash(password)
+            .await
+            .map_err(|error| ApiError::Internal(format!("cannot hash the password: {error}")))?,
+        LinkAccount::Cloudreve(_) => password::cloudreve::cloudreve_digest(&password)
+            .map_err(|error| ApiError::Internal(format!("cannot salt the password: {error}")))?,
+    };
 
     let internal =
         |error: sqlx::Error| ApiError::Internal(format!("cannot redeem the link: {error}"));
+    let token_hash = hash_secret(&secret);
     let mut tx = state.pool.begin().await.map_err(internal)?;
-    let Some(user) = tokens::redeem(&mut *tx, public_id, &hash_secret(&secret))
-        .await
-        .map_err(internal)?
-    else {
-        tracing::info!(user.public_id = %public_id, "reset link refused: wrong, expired, used or revoked");
+    let redeemed = match account {
+        LinkAccount::Builtin(public_id) => tokens::redeem(&mut *tx, public_id, &token_hash)
+            .await
+            .map_err(internal)?
+            .map(|user| (user.user_id, user.email, user.nick.unwrap_or_default())),
+        LinkAccount::Cloudreve(user_id) => cloudreve::redeem(&mut *tx, user_id, &token_hash)
+            .await
+            .map_err(internal)?
+            .map(|(email, nick)| (user_id, email, nick)),
+    };
+    let Some((user_id, email, nickname)) = redeemed else {
+        tracing::info!(user.link_id = %id, "reset link refused: wrong, expired, used or revoked");
         return Err(ApiError::LinkExpired);
     };
-    users::set_password_hash(&mut *tx, user.user_id, &password_hash)
-        .await
-        .map_err(internal)?;
-    let revoked = tokens::revoke_all(&mut *tx, user.user_id)
+    match account {
+        LinkAccount::Builtin(_) => users::set_password_hash(&mut *tx, user_id, &stored).await,
+        LinkAccount::Cloudreve(_) => cloudreve::set_password(&mut *tx, user_id, &stored).await,
+    }
+    .map_err(internal)?;
+    let revoked = tokens::revoke_all(&mut *tx, user_id)
         .await
         .map_err(internal)?;
     tx.commit().await.map_err(internal)?;
-    tracing::info!(user.public_id = %user.public_id, tokens.revoked = revoked, "password reset by link");
+    tracing::info!(user.link_id = %id, tokens.revoked = revoked, "password reset by link");
     Ok(JsonResponse(Envelope {
         code: 0,
         msg: String::new(),
         data: Some(ResetUser {
-            id: user.public_id,
-            email: user.email,
-            nickname: user.nick.unwrap_or_default(),
+            id,
+            email,
+            nickname,
         }),
         error: None,
         correlation_id: None,
     }))
+}
+
+/// The account a link's id names.
+#[derive(Clone, Copy)]
+enum LinkAccount {
+    /// A built-in account's `public_id`.
+    Builtin(Uuid),
+    /// A Cloudreve account's `users.id`.
+    Cloudreve(i64),
+}
+
+impl LinkAccount {
+    /// Reads `id` as `accounts` write it; an id that is not one is refused as Cloudreve refuses it.
+    fn parse(accounts: &Accounts, id: &str) -> Result<Self, ApiError> {
+        let refused = ApiError::Invalid("Failed to parse object ID");
+        match accounts {
+            Accounts::Builtin => Uuid::try_parse(id).map(Self::Builtin).map_err(|_| refused),
+            Accounts::Cloudreve(ids) => ids
+                .decode(id, ObjectKind::User)
+                .ok()
+                .and_then(|user_id| i64::try_from(user_id).ok())
+                .map(Self::Cloudreve)
+                .ok_or(refused),
+        }
+    }
 }

@@ -7,8 +7,9 @@ use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::users::{User, UserRow};
+use super::users::{Accounts, User, UserRow};
 use crate::PasswordResetJob;
+use crate::hashid::ObjectKind;
 
 /// What became of a job. Every value but `Pending` is final.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,14 +91,38 @@ pub struct Claim {
 
 /// Records the job if it is new, counts this attempt if it is still pending, and locks its row until
 /// the transaction ends: a second delivery of the same job waits here, then finds it decided. While
-/// the job is pending, the same statement finds the account whose address equals `match_key`
-/// (ASCII-lowercased) and locks its row too, always after the job's row (the account's lock depends
-/// on the claim), so that jobs for one account are handled one at a time without deadlocks.
+/// the job is pending, the same statement finds the account of the job's address and locks it,
+/// always after the job's row (the account's lock depends on the claim), so that jobs for one
+/// account are handled one at a time without deadlocks. A built-in account is matched folding ASCII
+/// case and locked by its row; a Cloudreve account is matched as Cloudreve's sign-in matches it
+/// (case-insensitively, soft-deleted rows excluded, the oldest of case variants) and locked by an
+/// advisory lock, so that Cloudreve's own writes to its row never wait on resetmail.
 pub async fn claim(
     executor: impl PgExecutor<'_>,
     job: &PasswordResetJob,
+    accounts: &Accounts,
 ) -> sqlx::Result<(Claim, Option<User>)> {
-    let row: ClaimRow = sqlx::query_as(
+    let account = match accounts {
+        Accounts::Builtin => {
+            "SELECT id, public_id, email, nick, status, language FROM users
+             WHERE ascii_lower(email) = $5 AND (SELECT outcome FROM claim) = 'pending'
+             FOR NO KEY UPDATE"
+        }
+        Accounts::Cloudreve(_) => {
+            "SELECT found.*, pg_advisory_xact_lock($6, (found.id % 2147483647)::int)::text AS locked
+             FROM (
+                 SELECT u.id, NULL::uuid AS public_id, u.email::text AS email, u.nick::text AS nick,
+                        CASE u.status WHEN 'active' THEN 'active' WHEN 'inactive' THEN 'inactive'
+                                      ELSE 'banned' END AS status,
+                        u.settings->>'email_language' AS language
+                 FROM public.users AS u
+                 WHERE lower(u.email) = lower($3) AND u.deleted_at IS NULL
+                   AND (SELECT outcome FROM claim) = 'pending'
+                 ORDER BY u.id LIMIT 1
+             ) AS found"
+        }
+    };
+    let statement = format!(
         "WITH claim AS (
              INSERT INTO deliveries
                  (job_id, correlation_id, email, requested_at, attempts, first_attempt_at,
@@ -110,22 +135,21 @@ pub async fn claim(
                                         ELSE deliveries.last_attempt_at END,
                  updated_at = now()
              RETURNING outcome, attempts, (xmax = 0) AS inserted
-         ), account AS (
-             SELECT id, public_id, email, nick, status, language FROM users
-             WHERE ascii_lower(email) = $5 AND (SELECT outcome FROM claim) = 'pending'
-             FOR NO KEY UPDATE
-         )
+         ), account AS ({account})
          SELECT claim.outcome AS claim_outcome, claim.attempts AS claim_attempts,
-                claim.inserted AS claim_first, account.*
-         FROM claim LEFT JOIN account ON true",
-    )
-    .bind(job.job_id)
-    .bind(job.correlation_id)
-    .bind(job.email.as_str())
-    .bind(job.requested_at)
-    .bind(job.email.match_key())
-    .fetch_one(executor)
-    .await?;
+                claim.inserted AS claim_first, account.id, account.public_id, account.email,
+                account.nick, account.status, account.language
+         FROM claim LEFT JOIN account ON true"
+    );
+    let row: ClaimRow = sqlx::query_as(sqlx::AssertSqlSafe(statement))
+        .bind(job.job_id)
+        .bind(job.correlation_id)
+        .bind(job.email.as_str())
+        .bind(job.requested_at)
+        .bind(job.email.match_key())
+        .bind(ACCOUNT_LOCK_CLASS)
+        .fetch_one(executor)
+        .await?;
     let outcome = row
         .claim_outcome
         .parse()
@@ -135,8 +159,22 @@ pub async fn claim(
         attempts: row.claim_attempts,
         first: row.claim_first,
     };
-    Ok((claim, row.account().map(User::try_from).transpose()?))
+    let user = match (row.account(), accounts) {
+        (None, _) => None,
+        (Some(row), Accounts::Builtin) => Some(User::try_from(row)?),
+        (Some(row), Accounts::Cloudreve(ids)) => {
+            let id = u64::try_from(row.id).map_err(|e| sqlx::Error::Decode(e.into()))?;
+            let mut user = User::try_from(row)?;
+            user.link_id = ids.encode(id, ObjectKind::User);
+            Some(user)
+        }
+    };
+    Ok((claim, user))
 }
+
+/// The first key of the advisory locks on Cloudreve accounts ("RSML"): keeps them apart from any
+/// other user of advisory locks in the site's database.
+const ACCOUNT_LOCK_CLASS: i32 = 0x5253_4d4c;
 
 /// The claim, and the account's columns (all NULL without an account).
 #[derive(sqlx::FromRow)]
@@ -145,6 +183,7 @@ struct ClaimRow {
     claim_attempts: i32,
     claim_first: bool,
     id: Option<i64>,
+    /// NULL for a Cloudreve account: its link id is made from `id`.
     public_id: Option<Uuid>,
     email: Option<String>,
     nick: Option<String>,
@@ -156,7 +195,7 @@ impl ClaimRow {
     fn account(self) -> Option<UserRow> {
         Some(UserRow {
             id: self.id?,
-            public_id: self.public_id?,
+            public_id: self.public_id.unwrap_or_default(),
             email: self.email?,
             nick: self.nick,
             status: self.status?,

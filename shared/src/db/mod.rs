@@ -1,6 +1,7 @@
 //! The database: connecting (creating it if missing), migrations, and the queries both binaries use.
 
 pub mod captcha_tickets;
+pub mod cloudreve;
 pub mod deliveries;
 pub mod tokens;
 pub mod users;
@@ -14,44 +15,79 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::config::DatabaseConfig;
+use crate::config::{AccountSource, DatabaseConfig};
 
 /// The migrations in `migrations/`, built into both binaries.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// The migrations of resetmail's own tables beside a Cloudreve site's, in `migrations/cloudreve/`.
+pub static CLOUDREVE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/cloudreve");
+
+/// The schema resetmail's tables live in, in a Cloudreve site's database.
+pub const CLOUDREVE_MODE_SCHEMA: &str = "resetmail";
+
 /// How long to wait for a pooled connection before the caller's work fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Creates the database if it is missing, connects, and applies pending migrations.
+/// Connects and applies pending migrations. With built-in accounts the database is created if it is
+/// missing; in Cloudreve mode it must be a Cloudreve site's, and resetmail's tables go in a schema
+/// of their own there.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let exists = sqlx::Postgres::database_exists(&config.url)
+    match config.accounts {
+        AccountSource::Builtin => {
+            create_if_missing(&config.url).await?;
+            let pool = pool(config)?;
+            migrate(&pool).await?;
+            Ok(pool)
+        }
+        AccountSource::Cloudreve => {
+            let pool = pool(config)?;
+            cloudreve::check_tables(&pool).await?;
+            let create = format!("CREATE SCHEMA IF NOT EXISTS {CLOUDREVE_MODE_SCHEMA}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+                .execute(&pool)
+                .await
+                .context("cannot create resetmail's schema in the Cloudreve database")?;
+            CLOUDREVE_MIGRATOR
+                .run(&pool)
+                .await
+                .context("cannot apply database migrations")?;
+            Ok(pool)
+        }
+    }
+}
+
+async fn create_if_missing(url: &str) -> anyhow::Result<()> {
+    let exists = sqlx::Postgres::database_exists(url)
         .await
         .context("cannot reach PostgreSQL")?;
     if !exists {
         // Two processes starting together may both try; the loser finds it there.
-        match sqlx::Postgres::create_database(&config.url).await {
+        match sqlx::Postgres::create_database(url).await {
             Ok(()) => tracing::info!("created the database"),
-            Err(error)
-                if !sqlx::Postgres::database_exists(&config.url)
-                    .await
-                    .unwrap_or(false) =>
-            {
+            Err(error) if !sqlx::Postgres::database_exists(url).await.unwrap_or(false) => {
                 return Err(error).context("cannot create the database");
             }
             Err(_) => {}
         }
     }
-    let pool = pool(config)?;
-    migrate(&pool).await?;
-    Ok(pool)
+    Ok(())
 }
 
 /// A pool for `config` that connects lazily (and reconnects after an outage by itself).
 pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = config
-        .url
-        .parse()
-        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    let options: PgConnectOptions = config.url.parse().context(match config.accounts {
+        AccountSource::Builtin => "DATABASE_URL is not a PostgreSQL URL",
+        AccountSource::Cloudreve => {
+            "DATABASE_URL is not a PostgreSQL URL: Cloudreve mode needs a Cloudreve site whose database is PostgreSQL"
+        }
+    })?;
+    // In Cloudreve mode every unqualified name is resetmail's own; Cloudreve's tables are always
+    // named with their schema.
+    let options = match config.accounts {
+        AccountSource::Builtin => options,
+        AccountSource::Cloudreve => options.options([("search_path", CLOUDREVE_MODE_SCHEMA)]),
+    };
     Ok(PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(ACQUIRE_TIMEOUT)

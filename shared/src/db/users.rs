@@ -1,9 +1,13 @@
-//! Accounts: looked up by address (ASCII case folded), added by the `user add` command.
+//! Accounts: looked up by address (ASCII case folded), added by the `user add` command; and how the
+//! queries reach accounts, here or in a Cloudreve site's database ([`Accounts`]).
 
 use std::{fmt, str::FromStr};
 
+use anyhow::Context as _;
 use sqlx::PgExecutor;
 use uuid::Uuid;
+
+use crate::{config::AccountSource, hashid::HashIds};
 
 /// Whether an account may receive a reset email.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,13 +49,44 @@ impl FromStr for UserStatus {
     }
 }
 
+/// Where the queries find accounts, and how reset links name them.
+#[derive(Clone, Debug)]
+pub enum Accounts {
+    /// resetmail's own `users` table; links carry the account's `public_id`.
+    Builtin,
+    /// A Cloudreve site's `public.users`; links carry the account's id as the site encodes it.
+    Cloudreve(HashIds),
+}
+
+impl Accounts {
+    /// The accounts of `source`: in Cloudreve mode the site's `hash_id_salt` is read from its
+    /// settings (a site without one cannot make links the site understands).
+    pub async fn load(pool: &sqlx::PgPool, source: AccountSource) -> anyhow::Result<Self> {
+        match source {
+            AccountSource::Builtin => Ok(Self::Builtin),
+            AccountSource::Cloudreve => {
+                let settings = super::cloudreve::site_settings(pool)
+                    .await
+                    .context("cannot read the Cloudreve site's settings")?;
+                let salt = settings.hash_id_salt.context(
+                    "the Cloudreve site has no `hash_id_salt` setting: start Cloudreve once so that it makes one",
+                )?;
+                Ok(Self::Cloudreve(
+                    HashIds::new(&salt).map_err(anyhow::Error::msg)?,
+                ))
+            }
+        }
+    }
+}
+
 /// An account, as the worker needs it.
 #[derive(Clone, Debug)]
 pub struct User {
     /// Database id (never shown outside).
     pub id: i64,
-    /// The opaque id used in reset links.
-    pub public_id: Uuid,
+    /// The id reset links carry: the opaque `public_id` of a built-in account, Cloudreve's own id
+    /// of a Cloudreve account.
+    pub link_id: String,
     /// The address stored on the account: the one the email goes to.
     pub email: String,
     /// Display name, if any.
@@ -77,7 +112,7 @@ impl TryFrom<UserRow> for User {
     fn try_from(row: UserRow) -> Result<Self, Self::Error> {
         Ok(User {
             id: row.id,
-            public_id: row.public_id,
+            link_id: row.public_id.to_string(),
             email: row.email,
             nick: row.nick,
             status: row

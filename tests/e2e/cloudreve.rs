@@ -1,0 +1,249 @@
+//! Cloudreve database mode: accounts, settings and passwords in a Cloudreve v4 site's own tables
+//! (a fixture made as Cloudreve's migration makes them), the whole way from the request to the
+//! password Cloudreve's sign-in checks.
+
+use resetmail_shared::{
+    config::{AccountSource, DatabaseConfig},
+    hashid::{HashIds, ObjectKind},
+};
+use resetmail_testkit::{
+    PATIENCE,
+    broker::TestBroker,
+    cloudreve::{CloudreveDb, CloudreveUser, HASH_ID_SALT, cloudreve_accepts},
+    db::TestDb,
+    eventually,
+    smtp_sink::SmtpSink,
+};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::harness::{SITE_URL, TestApi, TestWorker, api_config, reset_link, worker_config};
+
+const OK: &str = r#"{"code":0,"msg":""}"#;
+
+/// The Cloudreve database as the binaries see it in Cloudreve mode, connected (and migrated) as
+/// they connect.
+async fn cloudreve_mode(site: &CloudreveDb) -> (DatabaseConfig, PgPool) {
+    let database = DatabaseConfig {
+        accounts: AccountSource::Cloudreve,
+        ..site.config.clone()
+    };
+    let pool = resetmail_shared::db::connect(&database)
+        .await
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    (database, pool)
+}
+
+/// An api and a worker in Cloudreve mode, the site's address and name left to its settings.
+async fn start(
+    database: &DatabaseConfig,
+    pool: &PgPool,
+    broker: &TestBroker,
+    sink: &SmtpSink,
+) -> (TestApi, TestWorker) {
+    let api =
+        TestApi::start_configured(api_config(database, &broker.config, &[]), pool.clone()).await;
+    let mut config = worker_config(database, &broker.config, sink, &[]);
+    config.site_url = None;
+    config.site_name = None;
+    (api, TestWorker::start(config))
+}
+
+/// The outcome the worker recorded for `email`, once it is final.
+async fn outcome(pool: &PgPool, email: &str) -> String {
+    eventually(
+        &format!("a final outcome for {email}"),
+        PATIENCE,
+        || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT outcome FROM deliveries WHERE email = $1 AND outcome <> 'pending'",
+            )
+            .bind(email)
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_cloudreve_account_resets_the_password_cloudreves_sign_in_checks() {
+    let site = CloudreveDb::new().await;
+    site.set_setting("siteURL", &format!("{SITE_URL}/,http://10.0.0.2:5212"))
+        .await;
+    site.set_setting("siteName", "Example Cloud").await;
+    let user_id = site
+        .add_user(&CloudreveUser {
+            nick: "Jane",
+            language: Some("zh-CN"),
+            password: Some("old-password"),
+            ..CloudreveUser::active("Jane@Example.com")
+        })
+        .await;
+    let row_before = account_row(&site.pool, user_id).await;
+    let structure_before = site.cloudreve_structure().await;
+    let (database, pool) = cloudreve_mode(&site).await;
+    assert_eq!(
+        site.cloudreve_structure().await,
+        structure_before,
+        "resetmail's migrations changed Cloudreve's tables"
+    );
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let (api, worker) = start(&database, &pool, &broker, &sink).await;
+
+    // Asked in another case than stored: Cloudreve's sign-in matches without regard to case.
+    let asked = api.post_reset(r#"{"email":"jane@example.com"}"#).await;
+    assert_eq!(asked.text, OK);
+    let mails = sink.wait_for(1, PATIENCE).await;
+    assert_eq!(mails[0].rcpt_to, vec!["Jane@Example.com".to_owned()]);
+    let mail = mails[0].parsed();
+    assert_eq!(
+        mail.subject, "[Example Cloud] 重置密码",
+        "the site's name, the account's language"
+    );
+    let (id, secret) = reset_link(&mail);
+    let ids = HashIds::new(HASH_ID_SALT).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        ids.decode(&id, ObjectKind::User),
+        Ok(u64::try_from(user_id).unwrap_or_default()),
+        "the link's id is the site's own id of the account"
+    );
+
+    let redeemed = api
+        .redeem(&id, json!({"password": "new-password-1", "secret": secret}))
+        .await;
+    assert_eq!(
+        redeemed.json,
+        json!({"code": 0, "msg": "", "data": {"id": id, "email": "Jane@Example.com", "nickname": "Jane"}})
+    );
+    let row_after = account_row(&site.pool, user_id).await;
+    let stored = row_after["password"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(cloudreve_accepts(&stored, "new-password-1"), "{stored}");
+    assert!(!cloudreve_accepts(&stored, "old-password"));
+    assert_eq!(stored.split_once(':').map(|(salt, _)| salt.len()), Some(32));
+    assert_ne!(row_after["updated_at"], row_before["updated_at"]);
+    let unchanged = |mut row: serde_json::Value| {
+        if let Some(fields) = row.as_object_mut() {
+            fields.remove("password");
+            fields.remove("updated_at");
+        }
+        row
+    };
+    assert_eq!(
+        unchanged(row_after),
+        unchanged(row_before),
+        "more than the password and updated_at changed"
+    );
+
+    let again = api
+        .redeem(&id, json!({"password": "new-password-2", "secret": secret}))
+        .await;
+    assert_eq!(again.json["code"], json!(40030), "the link is spent");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn inactive_banned_deleted_and_unknown_cloudreve_addresses_get_the_same_answer_and_no_email()
+{
+    let site = CloudreveDb::new().await;
+    for (email, status, deleted) in [
+        ("inactive@example.com", "inactive", false),
+        ("manual@example.com", "manual_banned", false),
+        ("system@example.com", "sys_banned", false),
+        ("deleted@example.com", "active", true),
+    ] {
+        site.add_user(&CloudreveUser {
+            status,
+            deleted,
+            ..CloudreveUser::active(email)
+        })
+        .await;
+    }
+    let (database, pool) = cloudreve_mode(&site).await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let (api, worker) = start(&database, &pool, &broker, &sink).await;
+
+    for (email, expected) in [
+        ("inactive@example.com", "inactive"),
+        ("manual@example.com", "banned"),
+        ("system@example.com", "banned"),
+        ("deleted@example.com", "unknown_account"),
+        ("nobody@example.com", "unknown_account"),
+    ] {
+        let asked = api.post_reset(&json!({ "email": email }).to_string()).await;
+        assert_eq!(asked.text, OK, "{email}");
+        assert_eq!(outcome(&pool, email).await, expected, "{email}");
+    }
+    assert!(sink.received().is_empty(), "an email was sent");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_link_id_that_is_not_the_sites_is_refused_as_cloudreve_refuses_it() {
+    let site = CloudreveDb::new().await;
+    let (database, pool) = cloudreve_mode(&site).await;
+    let broker = TestBroker::new().await;
+    let api = TestApi::start_configured(api_config(&database, &broker.config, &[]), pool).await;
+    let another_sites = HashIds::new("another salt").unwrap_or_else(|error| panic!("{error}"));
+    for id in [
+        // The built-in mode's kind of id.
+        "00000000-0000-0000-0000-000000000000".to_owned(),
+        // A valid id under the site's salt, of another kind of object (kind 2: docs/CLOUDREVE.md §7).
+        "0LFN".to_owned(),
+        // The id of user 1 (`9qib`), garbled.
+        "9qibx".to_owned(),
+        another_sites.encode(1, ObjectKind::User),
+    ] {
+        let answer = api
+            .redeem(&id, json!({"password": "new-password-1", "secret": "abc"}))
+            .await;
+        assert_eq!(
+            answer.json,
+            json!({"code": 40001, "msg": "Failed to parse object ID", "correlation_id": answer.json["correlation_id"]}),
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cloudreve_mode_on_a_database_without_cloudreves_tables_stops_with_the_reason() {
+    let not_cloudreve = TestDb::new().await;
+    let database = DatabaseConfig {
+        accounts: AccountSource::Cloudreve,
+        ..not_cloudreve.config.clone()
+    };
+    let error = resetmail_shared::db::connect(&database)
+        .await
+        .err()
+        .map(|error| format!("{error:#}"))
+        .unwrap_or_default();
+    assert!(
+        error.contains("not a Cloudreve v4 site's") && error.contains("public.users.password"),
+        "{error}"
+    );
+    let schemas: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'resetmail'")
+            .fetch_one(&not_cloudreve.pool)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        schemas, 0,
+        "a schema was created in a database that is not Cloudreve's"
+    );
+}
+
+/// Every column of the account's row, as JSON.
+async fn account_row(pool: &PgPool, user_id: i64) -> serde_json::Value {
+    sqlx::query_scalar("SELECT to_jsonb(u) FROM public.users u WHERE id = $1")
+        .bind(user_id)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+}
