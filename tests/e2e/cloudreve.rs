@@ -247,3 +247,131 @@ async fn account_row(pool: &PgPool, user_id: i64) -> serde_json::Value {
         .await
         .unwrap_or_else(|error| panic!("{error}"))
 }
+
+/// A worker in Cloudreve mode that takes everything it can from the site: address, name, sender,
+/// reply-to and SMTP server; the site's settings read again every 100 ms.
+fn worker_from_the_site(
+    database: &DatabaseConfig,
+    broker: &TestBroker,
+    sink: &SmtpSink,
+) -> resetmail_worker::config::WorkerConfig {
+    let mut config = worker_config(
+        database,
+        &broker.config,
+        sink,
+        &["--settings-refresh", "100ms", "--account-cooldown", "0s"],
+    );
+    config.site_url = None;
+    config.site_name = None;
+    config.smtp_url = None;
+    config.mail_from = None;
+    config
+}
+
+/// Points the site's SMTP settings at `sink`, plain SMTP as Cloudreve's defaults (no encryption).
+async fn site_mail_through(site: &CloudreveDb, sink: &SmtpSink) {
+    site.set_setting("smtpHost", "127.0.0.1").await;
+    site.set_setting("smtpPort", &sink.port().to_string()).await;
+    site.set_setting("smtpUser", "").await;
+    site.set_setting("smtpEncryption", "0").await;
+}
+
+#[tokio::test]
+async fn the_email_leaves_through_the_sites_smtp_server_from_its_sender() {
+    let site = CloudreveDb::new().await;
+    let sink = SmtpSink::start().await;
+    site_mail_through(&site, &sink).await;
+    site.set_setting("siteName", "Example Cloud").await;
+    site.set_setting("fromName", "Example Cloud").await;
+    site.set_setting("fromAdress", "no-reply@cloud.example.com")
+        .await;
+    site.set_setting("replyTo", "support@cloud.example.com")
+        .await;
+    site.add_user(&CloudreveUser::active("jane@example.com"))
+        .await;
+    let (database, pool) = cloudreve_mode(&site).await;
+    let broker = TestBroker::new().await;
+    let api = TestApi::start_configured(api_config(&database, &broker.config, &[]), pool).await;
+    let worker = TestWorker::start(worker_from_the_site(&database, &broker, &sink));
+
+    let asked = api.post_reset(r#"{"email":"jane@example.com"}"#).await;
+    assert_eq!(asked.text, OK);
+    let mails = sink.wait_for(1, PATIENCE).await;
+    let mail = mails[0].parsed();
+    assert_eq!(mails[0].mail_from, "no-reply@cloud.example.com");
+    assert_eq!(
+        mail.header("From"),
+        Some("\"Example Cloud\" <no-reply@cloud.example.com>")
+    );
+    assert_eq!(
+        mail.header("Reply-To"),
+        Some("\"Example Cloud\" <support@cloud.example.com>")
+    );
+    assert!(
+        mail.subject.starts_with("[Example Cloud]"),
+        "{}",
+        mail.subject
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_in_the_sites_settings_is_used_by_the_next_email_without_a_restart() {
+    let site = CloudreveDb::new().await;
+    let first = SmtpSink::start().await;
+    let second = SmtpSink::start().await;
+    site_mail_through(&site, &first).await;
+    site.set_setting("siteName", "Example Cloud").await;
+    let (database, pool) = cloudreve_mode(&site).await;
+    let broker = TestBroker::new().await;
+    let api = TestApi::start_configured(api_config(&database, &broker.config, &[]), pool).await;
+    let worker = TestWorker::start(worker_from_the_site(&database, &broker, &first));
+    site.add_user(&CloudreveUser::active("jane@example.com"))
+        .await;
+    assert_eq!(
+        api.post_reset(r#"{"email":"jane@example.com"}"#).await.text,
+        OK
+    );
+    let before = first.wait_for(1, PATIENCE).await;
+    assert!(before[0].parsed().subject.starts_with("[Example Cloud]"));
+
+    // As an administrator does in Cloudreve's dashboard: another name, another mail server.
+    site.set_setting("siteName", "Renamed Cloud").await;
+    site_mail_through(&site, &second).await;
+    let mut asked = 0;
+    let mail = eventually("an email through the new server", PATIENCE, || {
+        asked += 1;
+        let email = format!("user{asked}@example.com");
+        let (site, api, first, second) = (&site, &api, &first, &second);
+        async move {
+            site.add_user(&CloudreveUser::active(&email)).await;
+            assert_eq!(
+                api.post_reset(&json!({ "email": email }).to_string())
+                    .await
+                    .text,
+                OK
+            );
+            // Either server takes it: the old one until the worker has read the change.
+            eventually(&format!("the email to {email}"), PATIENCE, || async {
+                let arrived = |sink: &SmtpSink| {
+                    sink.received()
+                        .into_iter()
+                        .find(|mail| mail.rcpt_to.contains(&email))
+                };
+                match (arrived(first), arrived(second)) {
+                    (_, Some(mail)) => Some(Some(mail)),
+                    (Some(_), None) => Some(None),
+                    (None, None) => None,
+                }
+            })
+            .await
+        }
+    })
+    .await;
+    assert!(
+        mail.parsed().subject.starts_with("[Renamed Cloud]"),
+        "{}",
+        mail.parsed().subject
+    );
+    worker.stop().await;
+}

@@ -28,13 +28,14 @@ pub struct WorkerConfig {
         default_value = "./outbox"
     )]
     pub outbox_dir: PathBuf,
-    /// Sender of the emails.
-    #[arg(
-        long = "mail-from",
-        env = "RESETMAIL_MAIL_FROM",
-        default_value = "Cloudreve <no-reply@localhost>"
-    )]
-    pub mail_from: String,
+    /// Sender of the emails. Unset: `fromName <fromAdress>` of the site in Cloudreve mode, else
+    /// `Cloudreve <no-reply@localhost>`.
+    #[arg(long = "mail-from", env = "RESETMAIL_MAIL_FROM")]
+    pub mail_from: Option<String>,
+    /// In Cloudreve mode, how often the site's settings are read again (also on SIGHUP), so that
+    /// changes made in Cloudreve's dashboard apply without a restart.
+    #[arg(long = "settings-refresh", env = "RESETMAIL_SETTINGS_REFRESH", default_value = "30s", value_parser = parse_duration)]
+    pub settings_refresh: Duration,
     /// Longest an SMTP send may take before it counts as a transient failure.
     #[arg(long = "smtp-timeout", env = "RESETMAIL_SMTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub smtp_timeout: Duration,
@@ -132,7 +133,7 @@ impl WorkerConfig {
         let name = self
             .site_name
             .clone()
-            .or_else(|| cloudreve.and_then(|settings| settings.site_name.clone()))
+            .or_else(|| cloudreve.and_then(|settings| settings.get("siteName").map(str::to_owned)))
             .unwrap_or_else(|| DEFAULT_SITE_NAME.to_owned());
         Ok(Site { url, name })
     }

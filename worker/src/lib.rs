@@ -9,30 +9,33 @@ pub mod mailer;
 pub mod metrics;
 pub mod reset;
 pub mod settle;
+pub mod site;
 pub mod templates;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context as _;
-use lettre::message::Mailbox;
+use resetmail_shared::{
+    config::AccountSource,
+    db::{
+        cloudreve::{self, SECRET_SETTINGS, SiteSettings},
+        users::Accounts,
+    },
+};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use resetmail_shared::{config::AccountSource, db::users::Accounts};
-
-use crate::{config::WorkerConfig, mailer::Mailer, templates::Templates};
+use crate::{config::WorkerConfig, mailer::Mailer, site::SiteConfig, templates::Templates};
 
 /// Everything a job needs; shared by the tasks that handle jobs.
 pub struct Worker {
     /// The worker's configuration.
     pub config: WorkerConfig,
     pool: PgPool,
-    mailer: Mailer,
     templates: Templates,
-    from: Mailbox,
-    site: config::Site,
     accounts: Accounts,
-    message_id_domain: String,
+    /// The site and its transport; replaced as a whole when the Cloudreve site's settings change.
+    site: RwLock<Arc<SiteConfig>>,
     /// Whether the worker is consuming now.
     pub health: Arc<health::Health>,
 }
@@ -43,31 +46,29 @@ impl Worker {
         config: WorkerConfig,
         pool: PgPool,
         accounts: Accounts,
-        site: config::Site,
+        site: SiteConfig,
     ) -> anyhow::Result<Self> {
         let templates = Templates::load(config.templates_dir.as_deref(), &config.default_language)?;
-        let from: Mailbox = config
-            .mail_from
-            .parse()
-            .context("RESETMAIL_MAIL_FROM is not an address")?;
-        let mailer = Mailer::new(
-            config.smtp_url.as_deref(),
-            &config.outbox_dir,
-            config.smtp_timeout,
-            usize::from(config.concurrency),
-        )?;
-        let message_id_domain = from.email.domain().to_owned();
         Ok(Self {
             config,
             pool,
-            mailer,
             templates,
-            from,
-            site,
             accounts,
-            message_id_domain,
+            site: RwLock::new(Arc::new(site)),
             health: Arc::new(health::Health::default()),
         })
+    }
+
+    /// The site as it is now; a job keeps the one it started with.
+    pub fn site(&self) -> Arc<SiteConfig> {
+        self.site
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace_site(&self, site: SiteConfig) {
+        *self.site.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(site);
     }
 }
 
@@ -83,20 +84,23 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
     let cloudreve = match config.database.accounts {
         AccountSource::Builtin => None,
         AccountSource::Cloudreve => Some(
-            resetmail_shared::db::cloudreve::site_settings(&pool)
+            cloudreve::site_settings(&pool)
                 .await
                 .context("cannot read the Cloudreve site's settings")?,
         ),
     };
-    let site = config.site(cloudreve.as_ref())?;
-    tracing::info!(accounts = ?config.database.accounts, site.url = %site.url, site.name = %site.name, "site");
-    let worker = Worker::new(config, pool, accounts, site)?;
-    match &worker.config.smtp_url {
-        Some(_) => tracing::info!("sending email over SMTP"),
-        None => tracing::warn!(
-            outbox = %worker.config.outbox_dir.display(),
-            "NO SMTP SERVER CONFIGURED (RESETMAIL_SMTP_URL): reset emails are written as .eml files to the outbox, not sent"
-        ),
+    let site = SiteConfig::resolve(&config, cloudreve.as_ref())?;
+    log_site(&site, config.database.accounts);
+    let worker = Arc::new(Worker::new(config, pool, accounts, site)?);
+    if let Some(settings) = cloudreve {
+        // Listening before anything says the worker is up: an early SIGHUP must not end it.
+        let hangups = hangups();
+        tokio::spawn(follow_site_settings(
+            worker.clone(),
+            settings,
+            hangups,
+            shutdown.clone(),
+        ));
     }
     tracing::info!(languages = ?worker.templates.languages(), "templates compiled and test-rendered");
     tokio::spawn(prune(
@@ -115,7 +119,7 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
         };
         tokio::spawn(health::serve(listener, probe, shutdown.clone()));
     }
-    consumer::consume(Arc::new(worker), shutdown).await;
+    consumer::consume(worker, shutdown).await;
     Ok(())
 }
 
@@ -165,4 +169,87 @@ async fn bind_http(address: &str) -> anyhow::Result<Option<tokio::net::TcpListen
     let bound = listener.local_addr()?;
     tracing::info!(http.addr = %bound, "serving /healthz, /readyz and /metrics");
     Ok(Some(listener))
+}
+
+/// Says where the emails go and for which site; loudly when they are only written to the outbox.
+fn log_site(site: &SiteConfig, accounts: AccountSource) {
+    tracing::info!(accounts = ?accounts, site.url = %site.site.url, site.name = %site.site.name, "site");
+    match &site.mailer {
+        Mailer::Smtp { .. } => tracing::info!("sending email over SMTP"),
+        Mailer::Outbox { dir, .. } => tracing::warn!(
+            outbox = %dir.display(),
+            "NO SMTP SERVER CONFIGURED (RESETMAIL_SMTP_URL, or the Cloudreve site's smtpHost): reset emails are written as .eml files to the outbox, not sent"
+        ),
+    }
+}
+
+/// Reads the Cloudreve site's settings again every `RESETMAIL_SETTINGS_REFRESH` and on SIGHUP, until
+/// `shutdown`; when they changed, the site is resolved anew and replaces the old one for the jobs
+/// that start from then on. The log names what changed, never a value of [`SECRET_SETTINGS`]; a
+/// change that cannot be used (an address that is not one) keeps the old site and says why.
+async fn follow_site_settings(
+    worker: Arc<Worker>,
+    mut known: SiteSettings,
+    mut hangup: tokio::sync::mpsc::Receiver<()>,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(worker.config.settings_refresh);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+            Some(()) = hangup.recv() => tracing::info!("SIGHUP: reading the site's settings again"),
+        }
+        let settings = match cloudreve::site_settings(&worker.pool).await {
+            Ok(settings) => settings,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the Cloudreve site's settings; keeping the ones in use");
+                continue;
+            }
+        };
+        let changed = known.changed_names(&settings);
+        if changed.is_empty() {
+            continue;
+        }
+        let shown: Vec<&str> = changed.iter().map(String::as_str).collect();
+        if shown.contains(&"hash_id_salt") {
+            tracing::error!(
+                "the site's hash_id_salt changed: links already sent name accounts by the old one; restart resetmail's api and workers to use the new one"
+            );
+        }
+        match SiteConfig::resolve(&worker.config, Some(&settings)) {
+            Ok(site) => {
+                tracing::info!(settings.changed = ?shown, secrets.changed = shown.iter().any(|name| SECRET_SETTINGS.contains(name)), "the site's settings changed; new jobs use them");
+                log_site(&site, AccountSource::Cloudreve);
+                worker.replace_site(site);
+            }
+            Err(error) => {
+                tracing::error!(settings.changed = ?shown, error = format!("{error:#}"), "the site's new settings cannot be used; keeping the ones in use")
+            }
+        }
+        known = settings;
+    }
+}
+
+/// SIGHUPs as a stream of `()`; nothing where the platform has no such signal or it cannot be
+/// listened for.
+fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut signal) => {
+            tokio::spawn(async move {
+                while signal.recv().await.is_some() {
+                    if sender.send(()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP"),
+    }
+    #[cfg(not(unix))]
+    drop(sender);
+    receiver
 }

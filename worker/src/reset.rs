@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use crate::{
     Worker,
     mailer::MailError,
+    site::SiteConfig,
     templates::{ResetEmailContext, valid_for},
 };
 
@@ -143,7 +144,8 @@ impl Worker {
 
         // The account's row is locked: jobs for one account see each other's sends.
         let token = ResetToken::generate().context("no randomness from the operating system")?;
-        let message_id = format!("<{}@{}>", job.job_id, self.message_id_domain);
+        let site = self.site();
+        let message_id = format!("<{}@{}>", job.job_id, site.message_id_domain);
         let send = deliveries::PreparedSend {
             job_id: job.job_id,
             user_id: user.id,
@@ -160,10 +162,10 @@ impl Worker {
             tx.commit().await?;
             return Ok(JobOutcome::Skipped(Outcome::Throttled));
         };
-        let sent = match self.compose(&user, &token, &message_id) {
+        let sent = match self.compose(&site, &user, &token, &message_id) {
             Ok(message) => {
                 let started = std::time::Instant::now();
-                let sent = self.mailer.send(message).await;
+                let sent = site.mailer.send(message).await;
                 metrics::histogram!("resetmail_worker_send_seconds")
                     .record(started.elapsed().as_secs_f64());
                 sent
@@ -202,14 +204,15 @@ impl Worker {
 
     fn compose(
         &self,
+        site: &SiteConfig,
         user: &User,
         token: &ResetToken,
         message_id: &str,
     ) -> Result<Message, String> {
         let lang = self.templates.choose_language(user.language.as_deref());
         let context = ResetEmailContext {
-            site_name: self.site.name.clone(),
-            site_url: self.site.url.clone(),
+            site_name: site.site.name.clone(),
+            site_url: site.site.url.clone(),
             name: user
                 .nick
                 .clone()
@@ -218,7 +221,7 @@ impl Worker {
             email: user.email.clone(),
             link: format!(
                 "{}/session/reset?id={}&secret={}",
-                self.site.url,
+                site.site.url,
                 user.link_id,
                 token.secret()
             ),
@@ -232,9 +235,11 @@ impl Worker {
             .email
             .parse()
             .map_err(|error| format!("the account's stored address is not deliverable: {error}"))?;
-        Message::builder()
-            .from(self.from.clone())
-            .to(to)
+        let mut builder = Message::builder().from(site.from.clone()).to(to);
+        if let Some(reply_to) = &site.reply_to {
+            builder = builder.reply_to(reply_to.clone());
+        }
+        builder
             .subject(email.subject)
             .message_id(Some(message_id.to_owned()))
             .multipart(MultiPart::alternative_plain_html(email.text, email.html))

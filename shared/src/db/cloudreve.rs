@@ -2,7 +2,7 @@
 //! `public.users`, site settings from `public.settings`. The only writes are a redeemed account's
 //! `password` and `updated_at`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use sqlx::{PgExecutor, PgPool};
@@ -53,23 +53,58 @@ pub async fn check_tables(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The site settings resetmail takes from Cloudreve, as stored (absent when the row is missing).
+/// The settings resetmail takes from a Cloudreve site (docs/CLOUDREVE.md §5).
+pub const SETTING_NAMES: &[&str] = &[
+    "siteURL",
+    "siteName",
+    "site_logo",
+    "hash_id_salt",
+    "mail_reset_template",
+    "fromName",
+    "fromAdress",
+    "replyTo",
+    "smtpHost",
+    "smtpPort",
+    "smtpUser",
+    "smtpPass",
+    "smtpEncryption",
+];
+
+/// Settings whose values are secrets: never logged, not even when they change.
+pub const SECRET_SETTINGS: &[&str] = &["smtpPass", "hash_id_salt"];
+
+/// The site settings resetmail takes from Cloudreve ([`SETTING_NAMES`]), as stored; a missing row
+/// is absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SiteSettings {
-    /// `siteURL`: the site's addresses, comma-separated; the first is the canonical one.
-    pub site_url: Option<String>,
-    /// `siteName`.
-    pub site_name: Option<String>,
-    /// `hash_id_salt`: the salt of the site's object ids.
-    pub hash_id_salt: Option<String>,
-}
+pub struct SiteSettings(pub BTreeMap<String, String>);
 
 impl SiteSettings {
+    /// The value of `name`, if the site has one that is not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|value| !value.trim().is_empty())
+    }
+
     /// The first address of `siteURL`, without a trailing slash (Cloudreve splits the list on
     /// commas and takes the first for links it makes outside a request).
     pub fn first_site_url(&self) -> Option<String> {
-        let first = self.site_url.as_deref()?.split(',').next()?.trim();
+        let first = self.get("siteURL")?.split(',').next()?.trim();
         (!first.is_empty()).then(|| first.trim_end_matches('/').to_owned())
+    }
+
+    /// The names of the settings that differ between `self` and `other` (added, removed or
+    /// changed), for a log line that never shows a value.
+    pub fn changed_names(&self, other: &SiteSettings) -> Vec<String> {
+        self.0
+            .keys()
+            .chain(other.0.keys())
+            .filter(|name| self.0.get(*name) != other.0.get(*name))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 }
 
@@ -77,17 +112,16 @@ impl SiteSettings {
 pub async fn site_settings(executor: impl PgExecutor<'_>) -> sqlx::Result<SiteSettings> {
     let rows: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT name::text, value FROM public.settings
-         WHERE name IN ('siteURL', 'siteName', 'hash_id_salt') AND deleted_at IS NULL",
+         WHERE name = ANY($1) AND deleted_at IS NULL",
     )
+    .bind(SETTING_NAMES)
     .fetch_all(executor)
     .await?;
-    let mut values: HashMap<String, Option<String>> = rows.into_iter().collect();
-    let mut take = |name: &str| values.remove(name).flatten();
-    Ok(SiteSettings {
-        site_url: take("siteURL"),
-        site_name: take("siteName"),
-        hash_id_salt: take("hash_id_salt"),
-    })
+    Ok(SiteSettings(
+        rows.into_iter()
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect(),
+    ))
 }
 
 /// Marks the token used if it is the live token of the active, not deleted Cloudreve account
@@ -130,17 +164,34 @@ pub async fn set_password(
 mod tests {
     use super::*;
 
+    fn settings(pairs: &[(&str, &str)]) -> SiteSettings {
+        SiteSettings(
+            pairs
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+        )
+    }
+
     #[test]
     fn the_first_site_url_is_the_canonical_one() {
-        let settings = |url: &str| SiteSettings {
-            site_url: Some(url.into()),
-            ..SiteSettings::default()
-        };
         assert_eq!(
-            settings("https://cloud.example.com/,http://10.0.0.2:5212").first_site_url(),
+            settings(&[("siteURL", "https://cloud.example.com/,http://10.0.0.2:5212")])
+                .first_site_url(),
             Some("https://cloud.example.com".into())
         );
-        assert_eq!(settings("").first_site_url(), None);
+        assert_eq!(settings(&[("siteURL", "")]).first_site_url(), None);
         assert_eq!(SiteSettings::default().first_site_url(), None);
+    }
+
+    #[test]
+    fn changes_are_told_by_name() {
+        let before = settings(&[("siteName", "A"), ("smtpPass", "x"), ("replyTo", "r@x.io")]);
+        let after = settings(&[("siteName", "B"), ("smtpPass", "y"), ("smtpHost", "mx")]);
+        assert_eq!(
+            before.changed_names(&after),
+            vec!["replyTo", "siteName", "smtpHost", "smtpPass"]
+        );
+        assert!(before.changed_names(&before).is_empty());
     }
 }

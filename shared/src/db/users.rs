@@ -68,11 +68,11 @@ impl Accounts {
                 let settings = super::cloudreve::site_settings(pool)
                     .await
                     .context("cannot read the Cloudreve site's settings")?;
-                let salt = settings.hash_id_salt.context(
+                let salt = settings.get("hash_id_salt").context(
                     "the Cloudreve site has no `hash_id_salt` setting: start Cloudreve once so that it makes one",
                 )?;
                 Ok(Self::Cloudreve(
-                    HashIds::new(&salt).map_err(anyhow::Error::msg)?,
+                    HashIds::new(salt).map_err(anyhow::Error::msg)?,
                 ))
             }
         }

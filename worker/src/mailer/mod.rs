@@ -2,7 +2,10 @@
 //! is configured, otherwise `.eml` files in the outbox directory. Every SMTP send runs under a
 //! timeout.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use lettre::{AsyncFileTransport, AsyncTransport as _, Message, Tokio1Executor};
@@ -34,7 +37,12 @@ pub enum Mailer {
         timeout: Duration,
     },
     /// `.eml` files in a directory, for machines without an SMTP server.
-    Outbox(AsyncFileTransport<Tokio1Executor>),
+    Outbox {
+        /// Writes the files.
+        transport: AsyncFileTransport<Tokio1Executor>,
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 impl Mailer {
@@ -61,7 +69,10 @@ impl Mailer {
                 std::fs::create_dir_all(outbox_dir).with_context(|| {
                     format!("cannot create the outbox {}", outbox_dir.display())
                 })?;
-                Ok(Self::Outbox(AsyncFileTransport::new(outbox_dir)))
+                Ok(Self::Outbox {
+                    transport: AsyncFileTransport::new(outbox_dir),
+                    dir: outbox_dir.to_owned(),
+                })
             }
         }
     }
@@ -81,7 +92,7 @@ impl Mailer {
                     })
             }
             // A full disk or a missing directory is this machine's problem, not the job's.
-            Self::Outbox(transport) => {
+            Self::Outbox { transport, .. } => {
                 transport
                     .send(message)
                     .await

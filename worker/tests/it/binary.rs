@@ -1,11 +1,14 @@
 //! `resetmail-worker` run as a process: jobs through SMTP, `/healthz`, `SIGTERM`, its logs.
 
 use resetmail_shared::{
-    EmailAddress, Job, PasswordResetJob, config::format_duration, db::users::UserStatus,
+    EmailAddress, Job, PasswordResetJob,
+    config::{DatabaseConfig, format_duration},
+    db::users::UserStatus,
 };
 use resetmail_testkit::{
     PATIENCE,
     broker::{TestBroker, TestBrokerUser},
+    cloudreve::{CloudreveDb, CloudreveUser, HASH_ID_SALT},
     db::TestDb,
     process::{Process, assert_log_format, assert_secret_absent, http_get, log_field},
     smtp_sink::SmtpSink,
@@ -17,7 +20,11 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_resetmail-worker");
 
 /// The environment of a worker on the test's database, broker prefix and SMTP server, serving its
 /// HTTP port on any free port.
-fn environment(db: &TestDb, broker: &TestBroker, sink: &SmtpSink) -> Vec<(&'static str, String)> {
+fn environment(
+    database: &DatabaseConfig,
+    broker: &TestBroker,
+    sink: &SmtpSink,
+) -> Vec<(&'static str, String)> {
     let delays: Vec<String> = broker
         .config
         .retry_delays
@@ -26,7 +33,7 @@ fn environment(db: &TestDb, broker: &TestBroker, sink: &SmtpSink) -> Vec<(&'stat
         .map(|delay| format_duration(*delay))
         .collect();
     vec![
-        ("DATABASE_URL", db.config.url.clone()),
+        ("DATABASE_URL", database.url.clone()),
         ("AMQP_URL", broker.config.url.clone()),
         ("RESETMAIL_QUEUE_PREFIX", broker.config.queue_prefix.clone()),
         ("RESETMAIL_RETRY_DELAYS", delays.join(",")),
@@ -85,7 +92,7 @@ async fn serve_jobs_then_stop(format: &str) -> Vec<String> {
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
     let addresses = accounts(&db, 5).await;
-    let mut env = environment(&db, &broker, &sink);
+    let mut env = environment(&db.config, &broker, &sink);
     env.push(("RESETMAIL_LOG_FORMAT", format.into()));
     let mut worker = Process::start(BINARY, &[], &env);
     let addr = http_addr(&worker).await;
@@ -177,7 +184,7 @@ async fn no_credential_reaches_the_logs_even_at_trace_level() {
     let addresses = accounts(&db, 2).await;
 
     for format in ["json", "pretty"] {
-        let mut env = environment(&db, &broker, &sink);
+        let mut env = environment(&db.config, &broker, &sink);
         env.retain(|(name, _)| {
             !matches!(*name, "DATABASE_URL" | "AMQP_URL" | "RESETMAIL_SMTP_URL")
         });
@@ -219,7 +226,7 @@ async fn a_configured_http_address_that_is_taken_stops_the_worker_at_start_up() 
     let taken =
         std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|error| panic!("{error}"));
     let taken_addr = taken.local_addr().unwrap_or_else(|error| panic!("{error}"));
-    let mut env = environment(&db, &broker, &sink);
+    let mut env = environment(&db.config, &broker, &sink);
     env.retain(|(name, _)| *name != "RESETMAIL_WORKER_HTTP_ADDR");
     env.push(("RESETMAIL_WORKER_HTTP_ADDR", taken_addr.to_string()));
     let mut worker = Process::start(BINARY, &[], &env);
@@ -230,4 +237,64 @@ async fn a_configured_http_address_that_is_taken_stops_the_worker_at_start_up() 
         logs.contains(&taken_addr.to_string()) && logs.contains("in use"),
         "the error does not say which address is taken:\n{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_cloudreve_mode_sighup_rereads_the_sites_settings_and_no_secret_is_logged() {
+    let site = CloudreveDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let old_password = format!("smtp-pw-{}", Uuid::new_v4().simple());
+    let new_password = format!("smtp-pw-{}", Uuid::new_v4().simple());
+    sink.require_auth("mailer", &old_password);
+    for (name, value) in [
+        ("smtpHost", "127.0.0.1".to_owned()),
+        ("smtpPort", sink.port().to_string()),
+        ("smtpUser", "mailer".to_owned()),
+        ("smtpPass", old_password.clone()),
+        ("smtpEncryption", "0".to_owned()),
+    ] {
+        site.set_setting(name, &value).await;
+    }
+    site.add_user(&CloudreveUser::active("jane@example.com"))
+        .await;
+    let mut env = environment(&site.config, &broker, &sink);
+    env.retain(|(name, _)| *name != "RESETMAIL_SMTP_URL");
+    env.extend([
+        ("RESETMAIL_ACCOUNT_SOURCE", "cloudreve".to_owned()),
+        // Only the signal makes it read them again here.
+        ("RESETMAIL_SETTINGS_REFRESH", "1h".to_owned()),
+        ("RESETMAIL_LOG_FORMAT", "json".to_owned()),
+    ]);
+    let mut worker = Process::start(BINARY, &[], &env);
+    http_addr(&worker).await;
+
+    // As an administrator does in Cloudreve's dashboard, then tells resetmail.
+    sink.require_auth("mailer", &new_password);
+    site.set_setting("smtpPass", &new_password).await;
+    site.set_setting("siteName", "Renamed Cloud").await;
+    worker.signal("HUP");
+    let changed = worker
+        .wait_for_line("saying which settings changed", PATIENCE, |line| {
+            line.contains("the site's settings changed")
+        })
+        .await;
+    assert!(
+        changed.contains("smtpPass") && changed.contains("siteName"),
+        "{changed}"
+    );
+    queue_jobs(&broker, &["jane@example.com".to_owned()]).await;
+    let mails = sink.wait_for(1, PATIENCE).await;
+    assert!(
+        mails[0].parsed().subject.starts_with("[Renamed Cloud]"),
+        "{}",
+        mails[0].parsed().subject
+    );
+    assert_eq!(sink.logins(), 1, "the new password was not used");
+
+    let logs = worker.stop_cleanly(PATIENCE).await.join("\n");
+    assert_log_format("json", &logs.lines().map(str::to_owned).collect::<Vec<_>>());
+    assert_secret_absent(&logs, "the old SMTP password", &old_password, &[]);
+    assert_secret_absent(&logs, "the new SMTP password", &new_password, &[]);
+    assert_secret_absent(&logs, "the site's hash_id_salt", HASH_ID_SALT, &[]);
 }
