@@ -100,11 +100,22 @@ async fn a_cloudreve_account_resets_the_password_cloudreves_sign_in_checks() {
     let mails = sink.wait_for(1, PATIENCE).await;
     assert_eq!(mails[0].rcpt_to, vec!["Jane@Example.com".to_owned()]);
     let mail = mails[0].parsed();
-    assert_eq!(
-        mail.subject, "[Example Cloud] 重置密码",
-        "the site's name, the account's language"
-    );
+    // The site's own email (its zh-CN title and body), in the account's language.
+    assert_eq!(mail.subject, "[Example Cloud] 重设密码");
     let (id, secret) = reset_link(&mail);
+    assert!(
+        mail.html.contains(&format!(
+            "href=\"{SITE_URL}/session/reset?id={id}&amp;secret={secret}\""
+        )),
+        "{}",
+        mail.html
+    );
+    assert!(
+        mail.html
+            .contains(&format!("src=\"{SITE_URL}/static/img/logo.svg\"")),
+        "the logo is not made absolute: {}",
+        mail.html
+    );
     let ids = HashIds::new(HASH_ID_SALT).unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(
         ids.decode(&id, ObjectKind::User),
@@ -374,4 +385,71 @@ async fn a_change_in_the_sites_settings_is_used_by_the_next_email_without_a_rest
         mail.parsed().subject
     );
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_sites_email_is_chosen_by_language_then_by_its_prefix_then_the_first() {
+    let site = CloudreveDb::new().await;
+    site.set_setting("siteName", "Example Cloud").await;
+    for (email, language) in [
+        ("cn@example.com", Some("ZH-cn")),
+        ("tw@example.com", Some("zh-TW")),
+        ("fr@example.com", Some("fr-FR")),
+        ("none@example.com", None),
+    ] {
+        site.add_user(&CloudreveUser {
+            language,
+            ..CloudreveUser::active(email)
+        })
+        .await;
+    }
+    let (database, pool) = cloudreve_mode(&site).await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let (api, worker) = start(&database, &pool, &broker, &sink).await;
+    for (email, subject) in [
+        ("cn@example.com", "[Example Cloud] 重设密码"),
+        ("tw@example.com", "[Example Cloud] 重设密码"),
+        ("fr@example.com", "[Example Cloud] Reset your password"),
+        ("none@example.com", "[Example Cloud] Reset your password"),
+    ] {
+        let before = sink.received().len();
+        assert_eq!(
+            api.post_reset(&json!({ "email": email }).to_string())
+                .await
+                .text,
+            OK
+        );
+        let mails = sink.wait_for(before + 1, PATIENCE).await;
+        let mail = mails
+            .iter()
+            .find(|mail| mail.rcpt_to.contains(&email.to_owned()))
+            .unwrap_or_else(|| panic!("no email to {email}"));
+        assert_eq!(mail.parsed().subject, subject, "{email}");
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_site_template_resetmail_cannot_render_stops_the_worker_with_the_reason() {
+    let site = CloudreveDb::new().await;
+    site.set_setting(
+        "mail_reset_template",
+        r#"[{"language":"en-US","title":"Reset","body":"<p>{{ if .Url }}<a href=\"{{ .Url }}\">here</a>{{ end }}</p>"}]"#,
+    )
+    .await;
+    let (database, _pool) = cloudreve_mode(&site).await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let mut config = worker_config(&database, &broker.config, &sink, &[]);
+    config.site_url = None;
+    let error = resetmail_worker::run(config, tokio_util::sync::CancellationToken::new())
+        .await
+        .err()
+        .map(|error| format!("{error:#}"))
+        .unwrap_or_default();
+    assert!(
+        error.contains("mail_reset_template") && error.contains("en-US") && error.contains("if"),
+        "{error}"
+    );
 }

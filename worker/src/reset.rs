@@ -20,7 +20,7 @@ use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 
 use crate::{
-    Worker,
+    Worker, cloudreve_mail,
     mailer::MailError,
     site::SiteConfig,
     templates::{ResetEmailContext, valid_for},
@@ -227,10 +227,36 @@ impl Worker {
             ),
             valid_for: valid_for(self.config.token_ttl, lang),
         };
-        let email = self
+        let mut email = self
             .templates
             .render(lang, &context)
             .map_err(|error| format!("template error: {error}"))?;
+        if let Some(templates) = &site.templates {
+            // The site's own email: its subject and HTML; the text part stays resetmail's, since
+            // Cloudreve sends HTML alone.
+            let chosen = cloudreve_mail::choose(templates, user.language.as_deref());
+            let data = cloudreve_mail::reset_data(
+                &site.site.name,
+                &site.site.url,
+                &site.logo,
+                &context.link,
+                user.nick.as_deref().unwrap_or_default(),
+                &user.email,
+            );
+            let rendered = chosen
+                .title
+                .render_text(&data)
+                .and_then(|subject| Ok((subject, chosen.body.render_html(&data)?)))
+                .map_err(|error| format!("the site's template: {error}"))?;
+            // Before Cloudreve 4.7 the title was plain text and the code added `[site name] `.
+            email.subject = if chosen.title.paths().next().is_none() && !rendered.0.starts_with('[')
+            {
+                format!("[{}] {}", site.site.name, rendered.0)
+            } else {
+                rendered.0
+            };
+            email.html = rendered.1;
+        }
         let to: Mailbox = user
             .email
             .parse()

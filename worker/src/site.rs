@@ -7,6 +7,7 @@ use lettre::message::Mailbox;
 use resetmail_shared::db::cloudreve::SiteSettings;
 
 use crate::{
+    cloudreve_mail::{self, SiteTemplate},
     config::{Site, WorkerConfig},
     mailer::Mailer,
 };
@@ -26,6 +27,11 @@ pub struct SiteConfig {
     pub message_id_domain: String,
     /// The transport.
     pub mailer: Mailer,
+    /// The site's own reset email (Cloudreve's `mail_reset_template`), used unless resetmail's
+    /// templates were chosen with `RESETMAIL_TEMPLATES_DIR`.
+    pub templates: Option<Vec<SiteTemplate>>,
+    /// The site's logo, absolute, for the site's templates.
+    pub logo: String,
 }
 
 impl SiteConfig {
@@ -68,6 +74,21 @@ impl SiteConfig {
             (None, Some(settings)) => cloudreve_smtp_url(settings)?,
             (None, None) => None,
         };
+        let logo = absolute(
+            cloudreve
+                .and_then(|settings| settings.get("site_logo"))
+                .unwrap_or_default(),
+            &site.url,
+        );
+        let templates = match cloudreve.and_then(|settings| settings.get("mail_reset_template")) {
+            Some(json) if config.templates_dir.is_none() => {
+                Some(site_templates(json, &site, &logo).context(
+                    "the site's reset email (mail_reset_template) cannot be used; set \
+                     RESETMAIL_TEMPLATES_DIR to send resetmail's own instead",
+                )?)
+            }
+            _ => None,
+        };
         let mailer = Mailer::new(
             smtp_url.as_deref(),
             &config.outbox_dir,
@@ -80,7 +101,40 @@ impl SiteConfig {
             from,
             reply_to,
             mailer,
+            templates,
+            logo,
         })
+    }
+}
+
+/// Compiles the site's templates and renders each once with sample data, so that one using what
+/// resetmail cannot give fails here, with its language and reason, rather than at a job.
+fn site_templates(json: &str, site: &Site, logo: &str) -> anyhow::Result<Vec<SiteTemplate>> {
+    let templates = cloudreve_mail::parse_reset_templates(json)?;
+    let sample = cloudreve_mail::reset_data(
+        &site.name,
+        &site.url,
+        logo,
+        &format!("{}/session/reset?id=sample&secret=sample", site.url),
+        "Sample",
+        "user@example.com",
+    );
+    for template in &templates {
+        for (part, compiled) in [("title", &template.title), ("body", &template.body)] {
+            compiled
+                .check(&sample)
+                .with_context(|| format!("mail_reset_template[{}].{part}", template.language))?;
+        }
+    }
+    Ok(templates)
+}
+
+/// `path` as Cloudreve resolves a logo: kept when it starts with `http`, else joined to the site.
+fn absolute(path: &str, site_url: &str) -> String {
+    if path.is_empty() || path.starts_with("http") {
+        path.to_owned()
+    } else {
+        format!("{site_url}/{}", path.trim_start_matches('/'))
     }
 }
 
