@@ -24,6 +24,7 @@ use axum::{
     middleware,
     routing::{get, patch, post},
 };
+use resetmail_shared::config::AccountSource;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -117,8 +118,8 @@ pub async fn serve(
 
 /// Runs the api as configured: database (created and migrated), broker publisher, HTTP server.
 pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let captcha = Arc::new(Captcha::from_config(&config.captcha)?);
     let pool = resetmail_shared::db::connect(&config.database).await?;
+    let captcha = Arc::new(captcha_for(&config, &pool).await?);
     tokio::spawn(prune_captcha_tickets(pool.clone(), shutdown.clone()));
     // The publisher outlives the server's shutdown, so requests in flight can still publish.
     let publisher_shutdown = CancellationToken::new();
@@ -164,6 +165,21 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Resu
     };
     publisher_shutdown.cancel();
     result
+}
+
+/// The captcha in force: resetmail's settings, and in Cloudreve mode the site's for what they leave
+/// unset (read once, at start-up).
+pub async fn captcha_for(config: &ApiConfig, pool: &PgPool) -> anyhow::Result<Captcha> {
+    let captcha = match config.database.accounts {
+        AccountSource::Builtin => config.captcha.clone(),
+        AccountSource::Cloudreve => {
+            let site = resetmail_shared::db::cloudreve::site_settings(pool)
+                .await
+                .context("cannot read the Cloudreve site's settings")?;
+            config.captcha.with_site(&site)
+        }
+    };
+    Captcha::from_config(&captcha)
 }
 
 /// Deletes expired captcha tickets every minute until `shutdown`.

@@ -361,14 +361,14 @@ async fn graphic_answers_are_stored_keyed_so_only_replicas_that_share_the_secret
 }
 
 /// A stand-in for a provider's siteverify endpoint; its verdict depends on the token.
-struct FakeVerifier {
+pub struct FakeVerifier {
     /// `http://127.0.0.1:port`.
     base: String,
     seen: Arc<Mutex<Vec<(String, String, String)>>>,
 }
 
 impl FakeVerifier {
-    async fn start() -> FakeVerifier {
+    pub async fn start() -> FakeVerifier {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route("/{*path}", routing::post(verdict))
@@ -378,12 +378,12 @@ impl FakeVerifier {
         FakeVerifier { base, seen }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// (path, content type, body) of every request so far.
-    fn seen(&self) -> Vec<(String, String, String)> {
+    pub fn seen(&self) -> Vec<(String, String, String)> {
         self.seen
             .lock()
             .map(|seen| seen.clone())

@@ -453,3 +453,64 @@ async fn a_site_template_resetmail_cannot_render_stops_the_worker_with_the_reaso
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_sites_turnstile_guards_the_reset_with_the_sites_secret() {
+    let verifier = crate::captcha::FakeVerifier::start().await;
+    let site = CloudreveDb::new().await;
+    site.set_setting("forget_captcha", "1").await;
+    site.set_setting("captcha_type", "turnstile").await;
+    site.set_setting("captcha_turnstile_site_secret", "site-ts-secret")
+        .await;
+    let (database, pool) = cloudreve_mode(&site).await;
+    let broker = TestBroker::new().await;
+    let url = verifier.url("/turnstile/v0/siteverify");
+    let api = TestApi::start_configured(
+        api_config(&database, &broker.config, &["--turnstile-verify-url", &url]),
+        pool,
+    )
+    .await;
+
+    let refused = api
+        .post_reset(r#"{"email":"jane@example.com","ticket":"bad"}"#)
+        .await;
+    assert_eq!(refused.json["code"], json!(40026), "{}", refused.text);
+    assert_eq!(refused.json["msg"], json!("Captcha validation failed"));
+    let passed = api
+        .post_reset(r#"{"email":"jane@example.com","ticket":"good"}"#)
+        .await;
+    assert_eq!(passed.text, OK);
+    let seen = verifier.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|(_, _, body)| body.contains("secret=site-ts-secret")),
+        "not verified with the site's secret: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_sites_graphic_captcha_is_not_taken_over_and_an_explicit_setting_wins() {
+    let site = CloudreveDb::new().await;
+    site.set_setting("forget_captcha", "1").await;
+    site.set_setting("captcha_type", "normal").await;
+    let (database, pool) = cloudreve_mode(&site).await;
+    let broker = TestBroker::new().await;
+    // Cloudreve's graphic tickets live in its own process: resetmail cannot check them.
+    let api =
+        TestApi::start_configured(api_config(&database, &broker.config, &[]), pool.clone()).await;
+    let asked = api
+        .post_reset(r#"{"email":"jane@example.com","ticket":"t","captcha":"ABCD"}"#)
+        .await;
+    assert_eq!(asked.text, OK);
+    // RESETMAIL_CAPTCHA set: resetmail's own graphic captcha, whatever the site says.
+    let own = TestApi::start_configured(
+        api_config(&database, &broker.config, &["--captcha", "normal"]),
+        pool,
+    )
+    .await;
+    let refused = own
+        .post_reset(r#"{"email":"jane@example.com","ticket":"t","captcha":"ABCD"}"#)
+        .await;
+    assert_eq!(refused.json["code"], json!(40026), "{}", refused.text);
+}

@@ -5,10 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use clap::Parser as _;
 use resetmail_api::{
-    AppState,
-    captcha::{Captcha, graphic::CaptchaSecret},
-    config::ApiConfig,
-    publisher::Publisher,
+    AppState, captcha::graphic::CaptchaSecret, config::ApiConfig, publisher::Publisher,
     rate_limit::RateLimiter,
 };
 use resetmail_shared::{
@@ -178,7 +175,9 @@ impl TestApi {
         // The test's HTTP client uses the same TLS provider as the api's captcha client.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let captcha = Arc::new(
-            Captcha::from_config(&config.captcha).unwrap_or_else(|error| panic!("{error:#}")),
+            resetmail_api::captcha_for(&config, &pool)
+                .await
+                .unwrap_or_else(|error| panic!("{error:#}")),
         );
         let shutdown = CancellationToken::new();
         let publisher = Publisher::start(&config.broker, config.publish_timeout, shutdown.clone());

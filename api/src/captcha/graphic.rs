@@ -110,7 +110,7 @@ impl GraphicCaptcha {
                 );
             }
         }
-        let secret = match (&config.secret, config.kind) {
+        let secret = match (&config.secret, config.kind.unwrap_or(CaptchaKind::Off)) {
             (Some(secret), _) if secret.len < SECRET_MIN_BYTES => bail!(
                 "RESETMAIL_CAPTCHA_SECRET is too short: at least {SECRET_MIN_BYTES} random characters (e.g. `openssl rand -hex 32`)"
             ),

@@ -7,7 +7,7 @@ pub mod provider;
 
 use std::{str::FromStr as _, time::Duration};
 
-use resetmail_shared::config::parse_duration;
+use resetmail_shared::{config::parse_duration, db::cloudreve::SiteSettings};
 use sqlx::PgPool;
 
 use self::{
@@ -33,9 +33,10 @@ pub enum CaptchaKind {
 /// Captcha settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CaptchaConfig {
-    /// Captcha required before a reset email is queued.
-    #[arg(long = "captcha", env = "RESETMAIL_CAPTCHA", value_enum, default_value_t = CaptchaKind::Off)]
-    pub kind: CaptchaKind,
+    /// Captcha required before a reset email is queued. Unset: off, or in Cloudreve mode the site's
+    /// (`forget_captcha` and `captcha_type`).
+    #[arg(long = "captcha", env = "RESETMAIL_CAPTCHA", value_enum)]
+    pub kind: Option<CaptchaKind>,
     /// Width of the graphic captcha in pixels.
     #[arg(long = "captcha-width", env = "RESETMAIL_CAPTCHA_WIDTH", default_value_t = 240, value_parser = clap::value_parser!(u32).range(120..=1000))]
     pub width: u32,
@@ -138,12 +139,13 @@ impl Captcha {
     /// Checks the configuration: a provider without its secret (or Cap without its instance and key)
     /// is an error here, at start-up, not a surprise on the first request.
     pub fn from_config(config: &CaptchaConfig) -> anyhow::Result<Self> {
-        let provider = match config.kind {
+        let kind = config.kind.unwrap_or(CaptchaKind::Off);
+        let provider = match kind {
             CaptchaKind::Off | CaptchaKind::Normal => None,
             kind => Some(Provider::from_config(kind, config)?),
         };
         Ok(Self {
-            kind: config.kind,
+            kind,
             graphic: GraphicCaptcha::new(config)?,
             provider,
         })
@@ -166,5 +168,47 @@ impl Captcha {
             (_, Some(provider)) => provider.verify(answer).await,
             (_, None) => Err(CaptchaError::Unavailable("no provider configured".into())),
         }
+    }
+}
+
+impl CaptchaConfig {
+    /// This configuration with, for what resetmail's own settings leave unset, a Cloudreve site's
+    /// captcha for its "forgot password" page (`forget_captcha`, `captcha_type` and the provider's
+    /// secret). The site's graphic captcha cannot be taken over: its tickets live in Cloudreve's
+    /// process, where resetmail cannot check them, and `GET /site/captcha` must stay with Cloudreve
+    /// for its sign-in; requests then pass unchecked, which is logged at start-up.
+    pub fn with_site(&self, site: &SiteSettings) -> Self {
+        let mut config = self.clone();
+        let owned = |name: &str| site.get(name).map(str::to_owned);
+        config.recaptcha_secret = config
+            .recaptcha_secret
+            .or_else(|| owned("captcha_ReCaptchaSecret"));
+        config.turnstile_secret = config
+            .turnstile_secret
+            .or_else(|| owned("captcha_turnstile_site_secret"));
+        config.cap_instance_url = config
+            .cap_instance_url
+            .or_else(|| owned("captcha_cap_instance_url"));
+        config.cap_key_id = config.cap_key_id.or_else(|| owned("captcha_cap_site_key"));
+        config.cap_secret = config
+            .cap_secret
+            .or_else(|| owned("captcha_cap_secret_key"));
+        if config.kind.is_none() {
+            let asked = matches!(site.get("forget_captcha"), Some("1" | "true"));
+            config.kind = Some(match site.get("captcha_type") {
+                _ if !asked => CaptchaKind::Off,
+                Some("recaptcha") => CaptchaKind::Recaptcha,
+                Some("turnstile") => CaptchaKind::Turnstile,
+                Some("cap") => CaptchaKind::Cap,
+                other => {
+                    tracing::warn!(
+                        captcha_type = other.unwrap_or("normal"),
+                        "the site asks for its graphic captcha on \"forgot password\"; resetmail cannot check Cloudreve's graphic tickets, so reset requests pass without a captcha (rate limits still apply); use reCAPTCHA, Turnstile or Cap on the site, or set RESETMAIL_CAPTCHA"
+                    );
+                    CaptchaKind::Off
+                }
+            });
+        }
+        config
     }
 }

@@ -68,10 +68,23 @@ pub const SETTING_NAMES: &[&str] = &[
     "smtpUser",
     "smtpPass",
     "smtpEncryption",
+    "forget_captcha",
+    "captcha_type",
+    "captcha_ReCaptchaSecret",
+    "captcha_turnstile_site_secret",
+    "captcha_cap_instance_url",
+    "captcha_cap_site_key",
+    "captcha_cap_secret_key",
 ];
 
 /// Settings whose values are secrets: never logged, not even when they change.
-pub const SECRET_SETTINGS: &[&str] = &["smtpPass", "hash_id_salt"];
+pub const SECRET_SETTINGS: &[&str] = &[
+    "smtpPass",
+    "hash_id_salt",
+    "captcha_ReCaptchaSecret",
+    "captcha_turnstile_site_secret",
+    "captcha_cap_secret_key",
+];
 
 /// The site settings resetmail takes from Cloudreve ([`SETTING_NAMES`]), as stored; a missing row
 /// is absent.
