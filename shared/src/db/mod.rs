@@ -76,12 +76,18 @@ async fn create_if_missing(url: &str) -> anyhow::Result<()> {
 
 /// A pool for `config` that connects lazily (and reconnects after an outage by itself).
 pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = config.url.parse().context(match config.accounts {
-        AccountSource::Builtin => "DATABASE_URL is not a PostgreSQL URL",
+    let not_postgresql = match config.accounts {
+        AccountSource::Builtin => "DATABASE_URL is not a PostgreSQL URL (postgres://…)",
         AccountSource::Cloudreve => {
-            "DATABASE_URL is not a PostgreSQL URL: Cloudreve mode needs a Cloudreve site whose database is PostgreSQL"
+            "DATABASE_URL is not a PostgreSQL URL (postgres://…): Cloudreve mode needs a Cloudreve site whose database is PostgreSQL"
         }
-    })?;
+    };
+    // sqlx reads any scheme as PostgreSQL's; a MySQL or SQLite URL must be told apart here.
+    let scheme = config.url.split_once("://").map(|(scheme, _)| scheme);
+    if !matches!(scheme, Some("postgres" | "postgresql")) {
+        anyhow::bail!(not_postgresql);
+    }
+    let options: PgConnectOptions = config.url.parse().context(not_postgresql)?;
     // In Cloudreve mode every unqualified name is resetmail's own; Cloudreve's tables are always
     // named with their schema.
     let options = match config.accounts {
@@ -105,4 +111,27 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// True when the database answers a trivial query.
 pub async fn ping(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloudreve_mode_on_a_database_that_is_not_postgresql_says_so() {
+        let config = DatabaseConfig {
+            url: "mysql://cloudreve:secret@127.0.0.1:3306/cloudreve".into(),
+            pool_size: 1,
+            accounts: AccountSource::Cloudreve,
+        };
+        let error = pool(&config)
+            .err()
+            .map(|error| format!("{error:#}"))
+            .unwrap_or_default();
+        assert!(
+            error.contains("Cloudreve mode needs a Cloudreve site whose database is PostgreSQL"),
+            "{error}"
+        );
+        assert!(!error.contains("secret"), "the error repeats the URL: {error}");
+    }
 }
