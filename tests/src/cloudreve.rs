@@ -272,19 +272,7 @@ impl CloudreveDb {
 
 impl Drop for CloudreveDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // The pool belongs to the test's runtime, which is blocked here: FORCE ends its
-        // connections.
-        crate::run_to_completion(async move {
-            let url = format!("{}/postgres", crate::db::server_url().trim_end_matches('/'));
-            if let Ok(mut connection) = PgConnection::connect(&url).await {
-                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                let _ = sqlx::raw_sql(AssertSqlSafe(drop))
-                    .execute(&mut connection)
-                    .await;
-                let _ = connection.close().await;
-            }
-        });
+        crate::db::drop_database(self.name.clone());
     }
 }
 

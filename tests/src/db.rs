@@ -67,17 +67,21 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // The pool belongs to the test's runtime, which is blocked here: FORCE ends its connections.
-        crate::run_to_completion(async move {
-            let url = format!("{}/postgres", server_url().trim_end_matches('/'));
-            if let Ok(mut connection) = PgConnection::connect(&url).await {
-                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                let _ = sqlx::raw_sql(AssertSqlSafe(drop))
-                    .execute(&mut connection)
-                    .await;
-                let _ = connection.close().await;
-            }
-        });
+        drop_database(self.name.clone());
     }
+}
+
+/// Drops the database `name` on the test server, from `Drop` (even after a panic): the pool belongs
+/// to the test's runtime, which is blocked there, so `FORCE` ends its connections.
+pub(crate) fn drop_database(name: String) {
+    crate::run_to_completion(async move {
+        let url = format!("{}/postgres", server_url().trim_end_matches('/'));
+        if let Ok(mut connection) = PgConnection::connect(&url).await {
+            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+            let _ = sqlx::raw_sql(AssertSqlSafe(drop))
+                .execute(&mut connection)
+                .await;
+            let _ = connection.close().await;
+        }
+    });
 }

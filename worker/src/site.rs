@@ -179,12 +179,7 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> SiteSettings {
-        SiteSettings(
-            pairs
-                .iter()
-                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-                .collect(),
-        )
+        SiteSettings::from_pairs(pairs)
     }
 
     #[test]

@@ -92,6 +92,16 @@ pub const SECRET_SETTINGS: &[&str] = &[
 pub struct SiteSettings(pub BTreeMap<String, String>);
 
 impl SiteSettings {
+    /// Settings from `(name, value)` pairs.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        Self(
+            pairs
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+        )
+    }
+
     /// The value of `name`, if the site has one that is not empty.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
@@ -178,12 +188,7 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> SiteSettings {
-        SiteSettings(
-            pairs
-                .iter()
-                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-                .collect(),
-        )
+        SiteSettings::from_pairs(pairs)
     }
 
     #[test]

@@ -132,6 +132,9 @@ mod tests {
             error.contains("Cloudreve mode needs a Cloudreve site whose database is PostgreSQL"),
             "{error}"
         );
-        assert!(!error.contains("secret"), "the error repeats the URL: {error}");
+        assert!(
+            !error.contains("secret"),
+            "the error repeats the URL: {error}"
+        );
     }
 }
