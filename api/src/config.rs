@@ -37,6 +37,9 @@ pub struct ApiConfig {
     /// On SIGTERM, how long requests in flight may take before the api stops anyway.
     #[arg(long = "shutdown-timeout", env = "RESETMAIL_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// In Cloudreve mode, how often the site's captcha settings are read again (also on SIGHUP).
+    #[arg(long = "settings-refresh", env = "RESETMAIL_SETTINGS_REFRESH", default_value = "30s", value_parser = parse_duration)]
+    pub settings_refresh: Duration,
     #[command(flatten)]
     pub captcha: CaptchaConfig,
     #[command(flatten)]

@@ -15,7 +15,7 @@ pub mod rate_limit;
 pub mod routes;
 pub mod timeout;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context as _;
 use axum::{
@@ -44,14 +44,24 @@ pub struct AppState {
     pub pool: PgPool,
     /// Queues jobs.
     pub publisher: Publisher,
-    /// The captcha in force.
-    pub captcha: Arc<Captcha>,
+    /// The captcha in force; replaced whole when a Cloudreve site's captcha settings change.
+    pub captcha: Arc<RwLock<Arc<Captcha>>>,
     /// Per-client rate limits.
     pub rate_limiter: Arc<RateLimiter>,
     /// Where accounts are, and how links name them.
     pub accounts: resetmail_shared::db::users::Accounts,
     /// Renders the process's metrics.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl AppState {
+    /// The captcha in force now; a request keeps the one it started with.
+    pub fn captcha(&self) -> Arc<Captcha> {
+        self.captcha
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// The full router: api routes under the base path, health routes at the root.
@@ -119,7 +129,10 @@ pub async fn serve(
 /// Runs the api as configured: database (created and migrated), broker publisher, HTTP server.
 pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = resetmail_shared::db::connect(&config.database).await?;
-    let captcha = Arc::new(captcha_for(&config, &pool).await?);
+    let captcha = Arc::new(RwLock::new(Arc::new(captcha_for(&config, &pool).await?)));
+    if config.database.accounts == AccountSource::Cloudreve {
+        follow_site_captcha(&config, &pool, captcha.clone(), shutdown.clone()).await?;
+    }
     tokio::spawn(prune_captcha_tickets(pool.clone(), shutdown.clone()));
     // The publisher outlives the server's shutdown, so requests in flight can still publish.
     let publisher_shutdown = CancellationToken::new();
@@ -180,6 +193,36 @@ pub async fn captcha_for(config: &ApiConfig, pool: &PgPool) -> anyhow::Result<Ca
         }
     };
     Captcha::from_config(&captcha)
+}
+
+/// Reads the Cloudreve site's captcha settings again every `RESETMAIL_SETTINGS_REFRESH` and on
+/// SIGHUP, until `shutdown`, and replaces the captcha in force when they change.
+async fn follow_site_captcha(
+    config: &ApiConfig,
+    pool: &PgPool,
+    slot: Arc<RwLock<Arc<Captcha>>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let known = resetmail_shared::db::cloudreve::site_settings(pool)
+        .await
+        .context("cannot read the Cloudreve site's settings")?;
+    // Listening before the api says it is up: an early SIGHUP must not end it.
+    let hangups = resetmail_shared::shutdown::hangups();
+    let captcha_config = config.captcha.clone();
+    tokio::spawn(resetmail_shared::db::cloudreve::follow(
+        pool.clone(),
+        config.settings_refresh,
+        hangups,
+        shutdown,
+        known,
+        move |settings| {
+            let captcha = Captcha::from_config(&captcha_config.with_site(settings))?;
+            tracing::info!(captcha = ?captcha.kind(), "captcha for \"forgot password\"");
+            *slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(captcha);
+            Ok(())
+        },
+    ));
+    Ok(())
 }
 
 /// Deletes expired captcha tickets every minute until `shutdown`.

@@ -1,4 +1,5 @@
-//! Graceful shutdown: SIGTERM or Ctrl-C cancels a token that every part of a process watches.
+//! Signals: SIGTERM or Ctrl-C cancels a token that every part of a process watches (graceful
+//! shutdown); SIGHUP asks for settings to be read again.
 
 use tokio_util::sync::CancellationToken;
 
@@ -25,4 +26,26 @@ pub async fn on_signal(token: CancellationToken) {
     }
     tracing::info!("shutdown requested; finishing work in flight");
     token.cancel();
+}
+
+/// SIGHUPs as a stream of `()`, listened for from this call on (so that a SIGHUP after it never
+/// ends the process); nothing where the platform has no such signal or it cannot be listened for.
+pub fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut signal) => {
+            tokio::spawn(async move {
+                while signal.recv().await.is_some() {
+                    if sender.send(()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP"),
+    }
+    #[cfg(not(unix))]
+    drop(sender);
+    receiver
 }

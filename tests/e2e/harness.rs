@@ -174,11 +174,11 @@ impl TestApi {
         resetmail_testkit::init_logs();
         // The test's HTTP client uses the same TLS provider as the api's captcha client.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let captcha = Arc::new(
+        let captcha = Arc::new(std::sync::RwLock::new(Arc::new(
             resetmail_api::captcha_for(&config, &pool)
                 .await
                 .unwrap_or_else(|error| panic!("{error:#}")),
-        );
+        )));
         let shutdown = CancellationToken::new();
         let publisher = Publisher::start(&config.broker, config.publish_timeout, shutdown.clone());
         let (listener, base) = local_listener().await;

@@ -18,10 +18,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use anyhow::Context as _;
 use resetmail_shared::{
     config::AccountSource,
-    db::{
-        cloudreve::{self, SECRET_SETTINGS, SiteSettings},
-        users::Accounts,
-    },
+    db::{cloudreve, users::Accounts},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -95,12 +92,20 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
     let worker = Arc::new(Worker::new(config, pool, accounts, site)?);
     if let Some(settings) = cloudreve {
         // Listening before anything says the worker is up: an early SIGHUP must not end it.
-        let hangups = hangups();
-        tokio::spawn(follow_site_settings(
-            worker.clone(),
-            settings,
+        let hangups = resetmail_shared::shutdown::hangups();
+        let follower = worker.clone();
+        tokio::spawn(cloudreve::follow(
+            worker.pool.clone(),
+            worker.config.settings_refresh,
             hangups,
             shutdown.clone(),
+            settings,
+            move |settings| {
+                let site = SiteConfig::resolve(&follower.config, Some(settings))?;
+                log_site(&site, AccountSource::Cloudreve);
+                follower.replace_site(site);
+                Ok(())
+            },
         ));
     }
     tracing::info!(languages = ?worker.templates.languages(), "templates compiled and test-rendered");
@@ -182,75 +187,4 @@ fn log_site(site: &SiteConfig, accounts: AccountSource) {
             "NO SMTP SERVER CONFIGURED (RESETMAIL_SMTP_URL, or the Cloudreve site's smtpHost): reset emails are written as .eml files to the outbox, not sent"
         ),
     }
-}
-
-/// Reads the Cloudreve site's settings again every `RESETMAIL_SETTINGS_REFRESH` and on SIGHUP, until
-/// `shutdown`; when they changed, the site is resolved anew and replaces the old one for the jobs
-/// that start from then on. The log names what changed, never a value of [`SECRET_SETTINGS`]; a
-/// change that cannot be used (an address that is not one) keeps the old site and says why.
-async fn follow_site_settings(
-    worker: Arc<Worker>,
-    mut known: SiteSettings,
-    mut hangup: tokio::sync::mpsc::Receiver<()>,
-    shutdown: CancellationToken,
-) {
-    let mut every = tokio::time::interval(worker.config.settings_refresh);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-            Some(()) = hangup.recv() => tracing::info!("SIGHUP: reading the site's settings again"),
-        }
-        let settings = match cloudreve::site_settings(&worker.pool).await {
-            Ok(settings) => settings,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the Cloudreve site's settings; keeping the ones in use");
-                continue;
-            }
-        };
-        let changed = known.changed_names(&settings);
-        if changed.is_empty() {
-            continue;
-        }
-        let shown: Vec<&str> = changed.iter().map(String::as_str).collect();
-        if shown.contains(&"hash_id_salt") {
-            tracing::error!(
-                "the site's hash_id_salt changed: links already sent name accounts by the old one; restart resetmail's api and workers to use the new one"
-            );
-        }
-        match SiteConfig::resolve(&worker.config, Some(&settings)) {
-            Ok(site) => {
-                tracing::info!(settings.changed = ?shown, secrets.changed = shown.iter().any(|name| SECRET_SETTINGS.contains(name)), "the site's settings changed; new jobs use them");
-                log_site(&site, AccountSource::Cloudreve);
-                worker.replace_site(site);
-            }
-            Err(error) => {
-                tracing::error!(settings.changed = ?shown, error = format!("{error:#}"), "the site's new settings cannot be used; keeping the ones in use")
-            }
-        }
-        known = settings;
-    }
-}
-
-/// SIGHUPs as a stream of `()`; nothing where the platform has no such signal or it cannot be
-/// listened for.
-fn hangups() -> tokio::sync::mpsc::Receiver<()> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(1);
-    #[cfg(unix)]
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(mut signal) => {
-            tokio::spawn(async move {
-                while signal.recv().await.is_some() {
-                    if sender.send(()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP"),
-    }
-    #[cfg(not(unix))]
-    drop(sender);
-    receiver
 }

@@ -11,7 +11,7 @@ pub async fn get_captcha(
     State(state): State<AppState>,
 ) -> Result<Json<Envelope<Issued>>, ApiError> {
     let issued = state
-        .captcha
+        .captcha()
         .graphic
         .issue(&state.pool)
         .await

@@ -47,15 +47,15 @@ pub async fn send_reset(
         captcha: request.captcha.as_deref(),
         ticket: request.ticket.as_deref(),
     };
-    state
-        .captcha
+    let captcha = state.captcha();
+    captcha
         .check(&state.pool, answer)
         .await
         .map_err(|error| match error {
             CaptchaError::Storage(error) => {
                 ApiError::Internal(format!("cannot check the captcha: {error}"))
             }
-            other => ApiError::Captcha(state.captcha.kind(), other.to_string()),
+            other => ApiError::Captcha(captcha.kind(), other.to_string()),
         })?;
     let job = PasswordResetJob {
         job_id: Uuid::new_v4(),

@@ -1,8 +1,10 @@
 //! `resetmail-api` run as a process: reset requests queued, `/healthz`, `SIGTERM`, its logs.
 
+use resetmail_shared::config::DatabaseConfig;
 use resetmail_testkit::{
     PATIENCE,
     broker::{TestBroker, TestBrokerUser},
+    cloudreve::CloudreveDb,
     db::TestDb,
     process::{
         Process, assert_log_format, assert_secret_absent, http_get, http_post_json, log_field,
@@ -13,7 +15,7 @@ use uuid::Uuid;
 pub const BINARY: &str = env!("CARGO_BIN_EXE_resetmail-api");
 
 /// The environment of an api on the test's database and broker prefix, on any free port.
-pub fn environment(db: &TestDb, broker: &TestBroker) -> Vec<(&'static str, String)> {
+pub fn environment(database: &DatabaseConfig, broker: &TestBroker) -> Vec<(&'static str, String)> {
     let delays: Vec<String> = broker
         .config
         .retry_delays
@@ -22,7 +24,7 @@ pub fn environment(db: &TestDb, broker: &TestBroker) -> Vec<(&'static str, Strin
         .map(|delay| resetmail_shared::config::format_duration(*delay))
         .collect();
     vec![
-        ("DATABASE_URL", db.config.url.clone()),
+        ("DATABASE_URL", database.url.clone()),
         ("AMQP_URL", broker.config.url.clone()),
         ("RESETMAIL_QUEUE_PREFIX", broker.config.queue_prefix.clone()),
         ("RESETMAIL_RETRY_DELAYS", delays.join(",")),
@@ -74,7 +76,7 @@ async fn ask_resets(addr: &str, requests: usize) {
 async fn serve_then_stop(format: &str) {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
-    let mut env = environment(&db, &broker);
+    let mut env = environment(&db.config, &broker);
     env.push(("RESETMAIL_LOG_FORMAT", format.into()));
     let mut api = Process::start(BINARY, &[], &env);
     let addr = http_addr(&api).await;
@@ -132,7 +134,7 @@ async fn no_credential_reaches_the_api_logs_even_at_trace_level() {
     let database_password = format!("pg-pw-{}", Uuid::new_v4().simple());
     let _ = database_url.set_password(Some(&database_password));
     for format in ["json", "pretty"] {
-        let mut env = environment(&db, &broker);
+        let mut env = environment(&db.config, &broker);
         env.retain(|(name, _)| !matches!(*name, "DATABASE_URL" | "AMQP_URL"));
         env.extend([
             ("DATABASE_URL", database_url.to_string()),
@@ -148,4 +150,52 @@ async fn no_credential_reaches_the_api_logs_even_at_trace_level() {
         assert_secret_absent(&logs, "the AMQP password", &amqp_user.password, &[]);
         assert_secret_absent(&logs, "the PostgreSQL password", &database_password, &[]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_cloudreve_mode_sighup_applies_the_sites_new_captcha_and_logs_no_secret() {
+    let site = CloudreveDb::new().await;
+    let broker = TestBroker::new().await;
+    let mut env = environment(&site.config, &broker);
+    env.extend([
+        ("RESETMAIL_ACCOUNT_SOURCE", "cloudreve".to_owned()),
+        // Only the signal makes it read them again here.
+        ("RESETMAIL_SETTINGS_REFRESH", "1h".to_owned()),
+        ("RESETMAIL_LOG_FORMAT", "json".to_owned()),
+    ]);
+    let mut api = Process::start(BINARY, &[], &env);
+    let addr = http_addr(&api).await;
+    ask_resets(&addr, 1).await;
+
+    // As an administrator does in Cloudreve's dashboard, then tells resetmail.
+    let secret = format!("rc-secret-{}", Uuid::new_v4().simple());
+    site.set_setting("captcha_type", "recaptcha").await;
+    site.set_setting("captcha_ReCaptchaSecret", &secret).await;
+    site.set_setting("forget_captcha", "1").await;
+    api.signal("HUP");
+    api.wait_for_line("saying which settings changed", PATIENCE, |line| {
+        line.contains("the site's settings changed") && line.contains("forget_captcha")
+    })
+    .await;
+    // No token: refused as Cloudreve's reCAPTCHA refuses, before any provider is asked.
+    let (status, body) = http_post_json(
+        &addr,
+        "/api/v4/user/reset",
+        r#"{"email":"jane@example.com"}"#,
+        PATIENCE,
+    )
+    .await;
+    let body: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|error| panic!("{error}: {body}"));
+    assert_eq!(
+        (status, &body["code"], &body["msg"]),
+        (
+            200,
+            &serde_json::json!(40026),
+            &serde_json::json!("Verification failed, please refresh the page and retry.")
+        )
+    );
+
+    let logs = api.stop_cleanly(PATIENCE).await.join("\n");
+    assert_secret_absent(&logs, "the site's reCAPTCHA secret", &secret, &[]);
 }

@@ -147,6 +147,58 @@ pub async fn site_settings(executor: impl PgExecutor<'_>) -> sqlx::Result<SiteSe
     ))
 }
 
+/// Reads the site's settings again every `every` and at each `hangups` message, until `shutdown`;
+/// when they differ from `known`, calls `apply` with them and the names that changed, and logs
+/// those names (never a value: [`SECRET_SETTINGS`] are only counted). `apply` says whether it took
+/// them; what it refused is not offered again until the settings change once more.
+pub async fn follow(
+    pool: PgPool,
+    every: std::time::Duration,
+    mut hangups: tokio::sync::mpsc::Receiver<()>,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut known: SiteSettings,
+    mut apply: impl FnMut(&SiteSettings) -> anyhow::Result<()>,
+) {
+    let mut every = tokio::time::interval(every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+            Some(()) = hangups.recv() => tracing::info!("SIGHUP: reading the site's settings again"),
+        }
+        let settings = match site_settings(&pool).await {
+            Ok(settings) => settings,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the Cloudreve site's settings; keeping the ones in use");
+                continue;
+            }
+        };
+        let changed = known.changed_names(&settings);
+        if changed.is_empty() {
+            continue;
+        }
+        if changed.iter().any(|name| name == "hash_id_salt") {
+            tracing::error!(
+                "the site's hash_id_salt changed: links already sent name accounts by the old one; restart resetmail's api and workers to use the new one"
+            );
+        }
+        let secrets = changed
+            .iter()
+            .filter(|name| SECRET_SETTINGS.contains(&name.as_str()))
+            .count();
+        match apply(&settings) {
+            Ok(()) => {
+                tracing::info!(settings.changed = ?changed, secrets.changed = secrets, "the site's settings changed; they apply from now on")
+            }
+            Err(error) => {
+                tracing::error!(settings.changed = ?changed, error = format!("{error:#}"), "the site's new settings cannot be used; keeping the ones in use")
+            }
+        }
+        known = settings;
+    }
+}
+
 /// Marks the token used if it is the live token of the active, not deleted Cloudreve account
 /// `user_id`, in one statement; the account's address and nick when it was.
 pub async fn redeem(
