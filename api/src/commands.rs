@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use resetmail_shared::{
     EmailAddress,
-    config::DatabaseConfig,
+    config::{AccountSource, DatabaseConfig},
     db::{
         self,
         users::{self, NewUser, UserStatus},
@@ -46,6 +46,11 @@ pub async fn migrate(config: &DatabaseConfig) -> anyhow::Result<()> {
 
 /// Adds an account.
 pub async fn add_user(config: &DatabaseConfig, args: &AddUser) -> anyhow::Result<()> {
+    if config.accounts == AccountSource::Cloudreve {
+        anyhow::bail!(
+            "RESETMAIL_ACCOUNT_SOURCE=cloudreve: accounts are the Cloudreve site's; add them in Cloudreve"
+        );
+    }
     let email =
         EmailAddress::parse(&args.email).map_err(|error| anyhow::anyhow!("--email: {error}"))?;
     let pool = db::connect(config).await?;

@@ -514,3 +514,32 @@ async fn the_sites_graphic_captcha_is_not_taken_over_and_an_explicit_setting_win
         .await;
     assert_eq!(refused.json["code"], json!(40026), "{}", refused.text);
 }
+
+#[tokio::test]
+async fn user_add_refuses_cloudreve_mode_without_touching_the_site() {
+    let site = CloudreveDb::new().await;
+    let (database, _pool) = cloudreve_mode(&site).await;
+    let before = site.cloudreve_structure().await;
+    let added = resetmail_api::commands::add_user(
+        &database,
+        &resetmail_api::commands::AddUser {
+            email: "new@example.com".into(),
+            nick: None,
+            language: None,
+            status: resetmail_shared::db::users::UserStatus::Active,
+            exists_ok: false,
+        },
+    )
+    .await;
+    let error = added
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(error.contains("add them in Cloudreve"), "{error}");
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM public.users")
+        .fetch_one(&site.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(users, 0);
+    assert_eq!(site.cloudreve_structure().await, before);
+}
