@@ -96,6 +96,14 @@ async fn a_known_address_gets_one_email_whose_link_secret_hashes_to_the_stored_t
         Some(format!("<{job_id}@cloud.example.com>").as_str())
     );
     assert_eq!(mail.message_id, format!("{job_id}@cloud.example.com"));
+    // An automatic message: no vacation responder answers it (RFC 3834, Exchange).
+    assert_eq!(mail.header("Auto-Submitted"), Some("auto-generated"));
+    assert_eq!(mail.header("X-Auto-Response-Suppress"), Some("All"));
+    let date = mail.header("Date").unwrap_or_default();
+    assert!(
+        time::OffsetDateTime::parse(date, &time::format_description::well_known::Rfc2822).is_ok(),
+        "no RFC 5322 Date: {date:?}"
+    );
     assert_eq!(sink.received().len(), 1);
     worker.stop().await;
 }

@@ -5,7 +5,10 @@
 use anyhow::Context as _;
 use lettre::{
     Message,
-    message::{Mailbox, MultiPart},
+    message::{
+        Mailbox, MultiPart,
+        header::{HeaderName, HeaderValue},
+    },
 };
 use resetmail_shared::{
     PasswordResetJob,
@@ -266,12 +269,22 @@ impl Worker {
             builder = builder.reply_to(reply_to.clone());
         }
         builder
+            // An automatic message (RFC 3834): vacation responders and Exchange's auto-replies
+            // stay quiet. lettre adds the Date header itself.
+            .raw_header(HeaderValue::new(AUTO_SUBMITTED, "auto-generated".into()))
+            .raw_header(HeaderValue::new(AUTO_RESPONSE_SUPPRESS, "All".into()))
             .subject(email.subject)
             .message_id(Some(message_id.to_owned()))
             .multipart(MultiPart::alternative_plain_html(email.text, email.html))
             .map_err(|error| format!("cannot build the message: {error}"))
     }
 }
+
+/// RFC 3834's mark of a message sent by a program, not a person.
+const AUTO_SUBMITTED: HeaderName = HeaderName::new_from_ascii_str("Auto-Submitted");
+/// Microsoft Exchange's request for no automatic replies of any kind.
+const AUTO_RESPONSE_SUPPRESS: HeaderName =
+    HeaderName::new_from_ascii_str("X-Auto-Response-Suppress");
 
 async fn decide(
     mut tx: Transaction<'_, Postgres>,
