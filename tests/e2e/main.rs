@@ -5,6 +5,7 @@ mod api_broker_outage;
 mod api_reset;
 mod captcha;
 mod cloudreve;
+mod dkim;
 mod flow;
 mod harness;
 mod operator;

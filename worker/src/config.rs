@@ -36,6 +36,24 @@ pub struct WorkerConfig {
     /// changes made in Cloudreve's dashboard apply without a restart.
     #[arg(long = "settings-refresh", env = "RESETMAIL_SETTINGS_REFRESH", default_value = "30s", value_parser = parse_duration)]
     pub settings_refresh: Duration,
+    /// DKIM key file: a PKCS#1 PEM RSA key (rsa-sha256) or the base64 of a 32-byte Ed25519 seed
+    /// (ed25519-sha256). Unset: emails are not signed.
+    #[arg(long = "dkim-key-file", env = "RESETMAIL_DKIM_KEY_FILE")]
+    pub dkim_key_file: Option<PathBuf>,
+    /// DKIM selector: the key's public half is published at `{selector}._domainkey.{domain}`.
+    #[arg(
+        long = "dkim-selector",
+        env = "RESETMAIL_DKIM_SELECTOR",
+        requires = "dkim_key_file"
+    )]
+    pub dkim_selector: Option<String>,
+    /// DKIM signing domain (`d=`). Unset: the sender's domain.
+    #[arg(
+        long = "dkim-domain",
+        env = "RESETMAIL_DKIM_DOMAIN",
+        requires = "dkim_key_file"
+    )]
+    pub dkim_domain: Option<String>,
     /// Longest an SMTP send may take before it counts as a transient failure.
     #[arg(long = "smtp-timeout", env = "RESETMAIL_SMTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub smtp_timeout: Duration,

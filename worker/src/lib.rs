@@ -4,6 +4,7 @@ pub mod cloudreve_mail;
 pub mod commands;
 pub mod config;
 pub mod consumer;
+pub mod dkim;
 pub mod dlq;
 pub mod health;
 pub mod mailer;

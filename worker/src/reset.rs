@@ -276,6 +276,12 @@ impl Worker {
             .subject(email.subject)
             .message_id(Some(message_id.to_owned()))
             .multipart(MultiPart::alternative_plain_html(email.text, email.html))
+            .map(|mut message| {
+                if let Some(dkim) = &site.dkim {
+                    dkim.sign(&mut message);
+                }
+                message
+            })
             .map_err(|error| format!("cannot build the message: {error}"))
     }
 }

@@ -9,6 +9,7 @@ use resetmail_shared::db::cloudreve::SiteSettings;
 use crate::{
     cloudreve_mail::{self, SiteTemplate},
     config::{Site, WorkerConfig},
+    dkim::Dkim,
     mailer::Mailer,
 };
 
@@ -32,6 +33,8 @@ pub struct SiteConfig {
     pub templates: Option<Vec<SiteTemplate>>,
     /// The site's logo, absolute, for the site's templates.
     pub logo: String,
+    /// Signs every email, when a DKIM key is configured.
+    pub dkim: Option<Dkim>,
 }
 
 impl SiteConfig {
@@ -89,6 +92,17 @@ impl SiteConfig {
             }
             _ => None,
         };
+        let dkim = match &config.dkim_key_file {
+            Some(key_file) => Some(Dkim::load(
+                key_file,
+                config.dkim_selector.as_deref().unwrap_or_default(),
+                config
+                    .dkim_domain
+                    .as_deref()
+                    .unwrap_or_else(|| from.email.domain()),
+            )?),
+            None => None,
+        };
         let mailer = Mailer::new(
             smtp_url.as_deref(),
             &config.outbox_dir,
@@ -103,6 +117,7 @@ impl SiteConfig {
             mailer,
             templates,
             logo,
+            dkim,
         })
     }
 }
