@@ -14,7 +14,7 @@ use handlebars::Handlebars;
 const PARTS: [&str; 3] = ["subject.hbs", "body.html.hbs", "body.txt.hbs"];
 
 /// Templates shipped with resetmail.
-const BUILTIN: [(&str, [&str; 3]); 2] = [
+const BUILTIN: [(&str, [&str; 3]); 4] = [
     (
         "en-US",
         [
@@ -29,6 +29,22 @@ const BUILTIN: [(&str, [&str; 3]); 2] = [
             include_str!("../templates/reset/zh-CN/subject.hbs"),
             include_str!("../templates/reset/zh-CN/body.html.hbs"),
             include_str!("../templates/reset/zh-CN/body.txt.hbs"),
+        ],
+    ),
+    (
+        "zh-TW",
+        [
+            include_str!("../templates/reset/zh-TW/subject.hbs"),
+            include_str!("../templates/reset/zh-TW/body.html.hbs"),
+            include_str!("../templates/reset/zh-TW/body.txt.hbs"),
+        ],
+    ),
+    (
+        "ja-JP",
+        [
+            include_str!("../templates/reset/ja-JP/subject.hbs"),
+            include_str!("../templates/reset/ja-JP/body.html.hbs"),
+            include_str!("../templates/reset/ja-JP/body.txt.hbs"),
         ],
     ),
 ];
@@ -235,21 +251,38 @@ fn sample_context(lang: &str) -> ResetEmailContext {
     }
 }
 
-/// How long a link is valid, written for people in `lang` (Chinese for `zh*`, English otherwise).
+/// How long a link is valid, written for people in `lang`: Chinese (simplified or traditional)
+/// and Japanese units for `zh*` and `ja*`, English otherwise.
 pub fn valid_for(ttl: Duration, lang: &str) -> String {
     let seconds = ttl.as_secs().max(1);
-    let chinese = lang.to_ascii_lowercase().starts_with("zh");
-    let (count, unit_en, unit_zh) = if seconds.is_multiple_of(3600) {
-        (seconds / 3600, "hour", "小时")
+    let (count, unit) = if seconds.is_multiple_of(3600) {
+        (seconds / 3600, 0)
     } else if seconds.is_multiple_of(60) {
-        (seconds / 60, "minute", "分钟")
+        (seconds / 60, 1)
     } else {
-        (seconds, "second", "秒")
+        (seconds, 2)
     };
-    match (chinese, count) {
-        (true, _) => format!("{count} {unit_zh}"),
-        (false, 1) => format!("1 {unit_en}"),
-        (false, _) => format!("{count} {unit_en}s"),
+    let lang = lang.to_ascii_lowercase();
+    let traditional = ["zh-tw", "zh-hk", "zh-mo", "zh-hant"]
+        .iter()
+        .any(|tag| lang.starts_with(tag));
+    if lang.starts_with("zh") {
+        let units = if traditional {
+            ["小時", "分鐘", "秒"]
+        } else {
+            ["小时", "分钟", "秒"]
+        };
+        format!("{count} {}", units[unit])
+    } else if lang.starts_with("ja") {
+        // Japanese writes the number against its unit: 1時間, 30分.
+        format!("{count}{}", ["時間", "分", "秒"][unit])
+    } else {
+        let name = ["hour", "minute", "second"][unit];
+        if count == 1 {
+            format!("1 {name}")
+        } else {
+            format!("{count} {name}s")
+        }
     }
 }
 
@@ -266,11 +299,61 @@ mod tests {
         let templates = builtin();
         assert_eq!(templates.choose_language(Some("zh-CN")), "zh-CN");
         assert_eq!(templates.choose_language(Some("zh_cn")), "zh-CN");
-        assert_eq!(templates.choose_language(Some("zh-TW")), "zh-CN");
+        assert_eq!(templates.choose_language(Some("zh-TW")), "zh-TW");
+        assert_eq!(templates.choose_language(Some("zh-HK")), "zh-CN");
+        assert_eq!(templates.choose_language(Some("ja")), "ja-JP");
         assert_eq!(templates.choose_language(Some("en-GB")), "en-US");
         assert_eq!(templates.choose_language(Some("fr-FR")), "en-US");
         assert_eq!(templates.choose_language(Some("")), "en-US");
         assert_eq!(templates.choose_language(None), "en-US");
+    }
+
+    #[test]
+    fn every_shipped_language_renders_the_link_and_its_validity_in_its_own_words() {
+        let templates = builtin();
+        let mut subjects = std::collections::HashSet::new();
+        for (lang, _) in BUILTIN {
+            let mut context = sample_context(lang);
+            context.valid_for = valid_for(Duration::from_secs(2 * 3600), lang);
+            let email = templates
+                .render(lang, &context)
+                .unwrap_or_else(|error| panic!("{lang}: {error}"));
+            assert!(
+                email.subject.starts_with("[Cloudreve] "),
+                "{lang}: {}",
+                email.subject
+            );
+            assert!(
+                subjects.insert(email.subject.clone()),
+                "{lang} repeats a subject"
+            );
+            assert!(
+                email.text.contains(&context.link),
+                "{lang}: no link in the text"
+            );
+            assert!(
+                email
+                    .html
+                    .contains(&context.link.replace('&', "&amp;").replace('=', "&#x3D;")),
+                "{lang}: no link in the HTML"
+            );
+            for part in [&email.text, &email.html] {
+                assert!(
+                    part.contains(&context.valid_for),
+                    "{lang}: the validity `{}` is missing",
+                    context.valid_for
+                );
+            }
+            assert!(
+                email.html.contains(&format!("lang=\"{}\"", &lang[..2]))
+                    || email.html.contains(&format!("lang=\"{lang}\"")),
+                "{lang}: the HTML does not say its language"
+            );
+        }
+        assert_eq!(valid_for(Duration::from_secs(7200), "zh-TW"), "2 小時");
+        assert_eq!(valid_for(Duration::from_secs(7200), "zh-CN"), "2 小时");
+        assert_eq!(valid_for(Duration::from_secs(1800), "ja-JP"), "30分");
+        assert_eq!(valid_for(Duration::from_secs(3600), "en-US"), "1 hour");
     }
 
     #[test]
