@@ -149,7 +149,7 @@ async fn a_zh_cn_account_gets_chinese_and_a_script_nick_is_escaped_in_html_only(
     db.add_user(
         "en@example.com",
         Some(nick),
-        Some("fr-FR"),
+        Some("nl-NL"),
         UserStatus::Active,
     )
     .await;
@@ -186,13 +186,13 @@ async fn a_zh_cn_account_gets_chinese_and_a_script_nick_is_escaped_in_html_only(
 
     assert_eq!(
         mails[1].subject,
-        format!("[{SITE_NAME}] 重置密码"),
-        "zh_TW falls back to zh-CN"
+        format!("[{SITE_NAME}] 重設密碼"),
+        "zh_TW gets Traditional Chinese"
     );
     assert_eq!(
         mails[2].subject,
         format!("[{SITE_NAME}] Reset your password"),
-        "fr-FR falls back to the default"
+        "nl-NL (not shipped) falls back to the default"
     );
     assert!(mails[2].html.contains("&lt;script&gt;") && !mails[2].html.contains("<script>"));
     worker.stop().await;

@@ -13,8 +13,8 @@ use handlebars::Handlebars;
 /// The three parts of one language's email.
 const PARTS: [&str; 3] = ["subject.hbs", "body.html.hbs", "body.txt.hbs"];
 
-/// Templates shipped with resetmail.
-const BUILTIN: [(&str, [&str; 3]); 4] = [
+/// Templates shipped with resetmail: every language Cloudreve's frontend offers.
+const BUILTIN: [(&str, [&str; 3]); 13] = [
     (
         "en-US",
         [
@@ -45,6 +45,78 @@ const BUILTIN: [(&str, [&str; 3]); 4] = [
             include_str!("../templates/reset/ja-JP/subject.hbs"),
             include_str!("../templates/reset/ja-JP/body.html.hbs"),
             include_str!("../templates/reset/ja-JP/body.txt.hbs"),
+        ],
+    ),
+    (
+        "ru-RU",
+        [
+            include_str!("../templates/reset/ru-RU/subject.hbs"),
+            include_str!("../templates/reset/ru-RU/body.html.hbs"),
+            include_str!("../templates/reset/ru-RU/body.txt.hbs"),
+        ],
+    ),
+    (
+        "de-DE",
+        [
+            include_str!("../templates/reset/de-DE/subject.hbs"),
+            include_str!("../templates/reset/de-DE/body.html.hbs"),
+            include_str!("../templates/reset/de-DE/body.txt.hbs"),
+        ],
+    ),
+    (
+        "fr-FR",
+        [
+            include_str!("../templates/reset/fr-FR/subject.hbs"),
+            include_str!("../templates/reset/fr-FR/body.html.hbs"),
+            include_str!("../templates/reset/fr-FR/body.txt.hbs"),
+        ],
+    ),
+    (
+        "es-ES",
+        [
+            include_str!("../templates/reset/es-ES/subject.hbs"),
+            include_str!("../templates/reset/es-ES/body.html.hbs"),
+            include_str!("../templates/reset/es-ES/body.txt.hbs"),
+        ],
+    ),
+    (
+        "pt-BR",
+        [
+            include_str!("../templates/reset/pt-BR/subject.hbs"),
+            include_str!("../templates/reset/pt-BR/body.html.hbs"),
+            include_str!("../templates/reset/pt-BR/body.txt.hbs"),
+        ],
+    ),
+    (
+        "it-IT",
+        [
+            include_str!("../templates/reset/it-IT/subject.hbs"),
+            include_str!("../templates/reset/it-IT/body.html.hbs"),
+            include_str!("../templates/reset/it-IT/body.txt.hbs"),
+        ],
+    ),
+    (
+        "ko-KR",
+        [
+            include_str!("../templates/reset/ko-KR/subject.hbs"),
+            include_str!("../templates/reset/ko-KR/body.html.hbs"),
+            include_str!("../templates/reset/ko-KR/body.txt.hbs"),
+        ],
+    ),
+    (
+        "pl-PL",
+        [
+            include_str!("../templates/reset/pl-PL/subject.hbs"),
+            include_str!("../templates/reset/pl-PL/body.html.hbs"),
+            include_str!("../templates/reset/pl-PL/body.txt.hbs"),
+        ],
+    ),
+    (
+        "ar-AR",
+        [
+            include_str!("../templates/reset/ar-AR/subject.hbs"),
+            include_str!("../templates/reset/ar-AR/body.html.hbs"),
+            include_str!("../templates/reset/ar-AR/body.txt.hbs"),
         ],
     ),
 ];
@@ -251,11 +323,11 @@ fn sample_context(lang: &str) -> ResetEmailContext {
     }
 }
 
-/// How long a link is valid, written for people in `lang`: Chinese (simplified or traditional)
-/// and Japanese units for `zh*` and `ja*`, English otherwise.
+/// How long a link is valid, written for people in `lang` as the shipped templates use it (the
+/// case each language's sentence needs; English for a language resetmail does not ship).
 pub fn valid_for(ttl: Duration, lang: &str) -> String {
     let seconds = ttl.as_secs().max(1);
-    let (count, unit) = if seconds.is_multiple_of(3600) {
+    let (n, unit) = if seconds.is_multiple_of(3600) {
         (seconds / 3600, 0)
     } else if seconds.is_multiple_of(60) {
         (seconds / 60, 1)
@@ -263,26 +335,91 @@ pub fn valid_for(ttl: Duration, lang: &str) -> String {
         (seconds, 2)
     };
     let lang = lang.to_ascii_lowercase();
-    let traditional = ["zh-tw", "zh-hk", "zh-mo", "zh-hant"]
-        .iter()
-        .any(|tag| lang.starts_with(tag));
-    if lang.starts_with("zh") {
-        let units = if traditional {
-            ["小時", "分鐘", "秒"]
-        } else {
-            ["小时", "分钟", "秒"]
-        };
-        format!("{count} {}", units[unit])
-    } else if lang.starts_with("ja") {
-        // Japanese writes the number against its unit: 1時間, 30分.
-        format!("{count}{}", ["時間", "分", "秒"][unit])
-    } else {
-        let name = ["hour", "minute", "second"][unit];
-        if count == 1 {
-            format!("1 {name}")
-        } else {
-            format!("{count} {name}s")
+    let primary = lang.split(['-', '_']).next().unwrap_or_default();
+    // Forms by unit (hour, minute, second): singular and plural.
+    let two = |forms: [(&str, &str); 3]| {
+        let (one, many) = forms[unit];
+        format!("{n} {}", if n == 1 { one } else { many })
+    };
+    match primary {
+        "zh" if ["zh-tw", "zh-hk", "zh-mo", "zh-hant"]
+            .iter()
+            .any(|tag| lang.starts_with(tag)) =>
+        {
+            format!("{n} {}", ["小時", "分鐘", "秒"][unit])
         }
+        "zh" => format!("{n} {}", ["小时", "分钟", "秒"][unit]),
+        // The number stands against its unit: 1時間, 30분.
+        "ja" => format!("{n}{}", ["時間", "分", "秒"][unit]),
+        "ko" => format!("{n}{}", ["시간", "분", "초"][unit]),
+        "de" => two([
+            ("Stunde", "Stunden"),
+            ("Minute", "Minuten"),
+            ("Sekunde", "Sekunden"),
+        ]),
+        "fr" => two([
+            ("heure", "heures"),
+            ("minute", "minutes"),
+            ("seconde", "secondes"),
+        ]),
+        "es" | "pt" => two([
+            ("hora", "horas"),
+            ("minuto", "minutos"),
+            ("segundo", "segundos"),
+        ]),
+        "it" => two([("ora", "ore"), ("minuto", "minuti"), ("secondo", "secondi")]),
+        // "Ссылка действует 1 час / 2 часа / 5 часов" (accusative).
+        "ru" => {
+            let forms = [
+                ["час", "часа", "часов"],
+                ["минуту", "минуты", "минут"],
+                ["секунду", "секунды", "секунд"],
+            ][unit];
+            let form = if n % 10 == 1 && n % 100 != 11 {
+                forms[0]
+            } else if (2..=4).contains(&(n % 10)) && !(12..=14).contains(&(n % 100)) {
+                forms[1]
+            } else {
+                forms[2]
+            };
+            format!("{n} {form}")
+        }
+        // "ważny przez 1 godzinę / 2 godziny / 5 godzin" (accusative).
+        "pl" => {
+            let forms = [
+                ["godzinę", "godziny", "godzin"],
+                ["minutę", "minuty", "minut"],
+                ["sekundę", "sekundy", "sekund"],
+            ][unit];
+            let form = if n == 1 {
+                forms[0]
+            } else if (2..=4).contains(&(n % 10)) && !(12..=14).contains(&(n % 100)) {
+                forms[1]
+            } else {
+                forms[2]
+            };
+            format!("{n} {form}")
+        }
+        // After "لمدة" (genitive): one and two are words of their own, 3 to 10 take the plural,
+        // 11 and more the singular.
+        "ar" => {
+            let [one, dual, plural, single] = [
+                ["ساعة واحدة", "ساعتين", "ساعات", "ساعة"],
+                ["دقيقة واحدة", "دقيقتين", "دقائق", "دقيقة"],
+                ["ثانية واحدة", "ثانيتين", "ثوانٍ", "ثانية"],
+            ][unit];
+            match n {
+                1 => one.to_owned(),
+                2 => dual.to_owned(),
+                3..=10 => format!("{n} {plural}"),
+                _ => format!("{n} {single}"),
+            }
+        }
+        _ => two([
+            ("hour", "hours"),
+            ("minute", "minutes"),
+            ("second", "seconds"),
+        ]),
     }
 }
 
@@ -303,7 +440,9 @@ mod tests {
         assert_eq!(templates.choose_language(Some("zh-HK")), "zh-CN");
         assert_eq!(templates.choose_language(Some("ja")), "ja-JP");
         assert_eq!(templates.choose_language(Some("en-GB")), "en-US");
-        assert_eq!(templates.choose_language(Some("fr-FR")), "en-US");
+        assert_eq!(templates.choose_language(Some("fr-FR")), "fr-FR");
+        assert_eq!(templates.choose_language(Some("pt-PT")), "pt-BR");
+        assert_eq!(templates.choose_language(Some("nl-NL")), "en-US");
         assert_eq!(templates.choose_language(Some("")), "en-US");
         assert_eq!(templates.choose_language(None), "en-US");
     }
@@ -354,6 +493,31 @@ mod tests {
         assert_eq!(valid_for(Duration::from_secs(7200), "zh-CN"), "2 小时");
         assert_eq!(valid_for(Duration::from_secs(1800), "ja-JP"), "30分");
         assert_eq!(valid_for(Duration::from_secs(3600), "en-US"), "1 hour");
+        let ru = |hours: u64| valid_for(Duration::from_secs(hours * 3600), "ru-RU");
+        assert_eq!(
+            [ru(1), ru(2), ru(5), ru(11), ru(21), ru(22)],
+            [
+                "1 час",
+                "2 часа",
+                "5 часов",
+                "11 часов",
+                "21 час",
+                "22 часа"
+            ]
+        );
+        let pl = |minutes: u64| valid_for(Duration::from_secs(minutes * 60), "pl-PL");
+        assert_eq!(
+            [pl(1), pl(3), pl(12), pl(22), pl(25)],
+            ["1 minutę", "3 minuty", "12 minut", "22 minuty", "25 minut"]
+        );
+        let ar = |hours: u64| valid_for(Duration::from_secs(hours * 3600), "ar-AR");
+        assert_eq!(
+            [ar(1), ar(2), ar(3), ar(11)],
+            ["ساعة واحدة", "ساعتين", "3 ساعات", "11 ساعة"]
+        );
+        assert_eq!(valid_for(Duration::from_secs(7200), "de-DE"), "2 Stunden");
+        assert_eq!(valid_for(Duration::from_secs(60), "fr-FR"), "1 minute");
+        assert_eq!(valid_for(Duration::from_secs(5), "ko-KR"), "5초");
     }
 
     #[test]
@@ -373,6 +537,31 @@ mod tests {
     #[test]
     fn validity_reads_naturally() {
         assert_eq!(valid_for(Duration::from_secs(3600), "en-US"), "1 hour");
+        let ru = |hours: u64| valid_for(Duration::from_secs(hours * 3600), "ru-RU");
+        assert_eq!(
+            [ru(1), ru(2), ru(5), ru(11), ru(21), ru(22)],
+            [
+                "1 час",
+                "2 часа",
+                "5 часов",
+                "11 часов",
+                "21 час",
+                "22 часа"
+            ]
+        );
+        let pl = |minutes: u64| valid_for(Duration::from_secs(minutes * 60), "pl-PL");
+        assert_eq!(
+            [pl(1), pl(3), pl(12), pl(22), pl(25)],
+            ["1 minutę", "3 minuty", "12 minut", "22 minuty", "25 minut"]
+        );
+        let ar = |hours: u64| valid_for(Duration::from_secs(hours * 3600), "ar-AR");
+        assert_eq!(
+            [ar(1), ar(2), ar(3), ar(11)],
+            ["ساعة واحدة", "ساعتين", "3 ساعات", "11 ساعة"]
+        );
+        assert_eq!(valid_for(Duration::from_secs(7200), "de-DE"), "2 Stunden");
+        assert_eq!(valid_for(Duration::from_secs(60), "fr-FR"), "1 minute");
+        assert_eq!(valid_for(Duration::from_secs(5), "ko-KR"), "5초");
         assert_eq!(valid_for(Duration::from_secs(7200), "en-US"), "2 hours");
         assert_eq!(valid_for(Duration::from_secs(1800), "en-US"), "30 minutes");
         assert_eq!(valid_for(Duration::from_secs(3600), "zh-CN"), "1 小时");
