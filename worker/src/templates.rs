@@ -489,35 +489,6 @@ mod tests {
                 "{lang}: the HTML does not say its language"
             );
         }
-        assert_eq!(valid_for(Duration::from_secs(7200), "zh-TW"), "2 小時");
-        assert_eq!(valid_for(Duration::from_secs(7200), "zh-CN"), "2 小时");
-        assert_eq!(valid_for(Duration::from_secs(1800), "ja-JP"), "30分");
-        assert_eq!(valid_for(Duration::from_secs(3600), "en-US"), "1 hour");
-        let ru = |hours: u64| valid_for(Duration::from_secs(hours * 3600), "ru-RU");
-        assert_eq!(
-            [ru(1), ru(2), ru(5), ru(11), ru(21), ru(22)],
-            [
-                "1 час",
-                "2 часа",
-                "5 часов",
-                "11 часов",
-                "21 час",
-                "22 часа"
-            ]
-        );
-        let pl = |minutes: u64| valid_for(Duration::from_secs(minutes * 60), "pl-PL");
-        assert_eq!(
-            [pl(1), pl(3), pl(12), pl(22), pl(25)],
-            ["1 minutę", "3 minuty", "12 minut", "22 minuty", "25 minut"]
-        );
-        let ar = |hours: u64| valid_for(Duration::from_secs(hours * 3600), "ar-AR");
-        assert_eq!(
-            [ar(1), ar(2), ar(3), ar(11)],
-            ["ساعة واحدة", "ساعتين", "3 ساعات", "11 ساعة"]
-        );
-        assert_eq!(valid_for(Duration::from_secs(7200), "de-DE"), "2 Stunden");
-        assert_eq!(valid_for(Duration::from_secs(60), "fr-FR"), "1 minute");
-        assert_eq!(valid_for(Duration::from_secs(5), "ko-KR"), "5초");
     }
 
     #[test]
@@ -536,6 +507,9 @@ mod tests {
 
     #[test]
     fn validity_reads_naturally() {
+        assert_eq!(valid_for(Duration::from_secs(7200), "zh-TW"), "2 小時");
+        assert_eq!(valid_for(Duration::from_secs(7200), "zh-CN"), "2 小时");
+        assert_eq!(valid_for(Duration::from_secs(1800), "ja-JP"), "30分");
         assert_eq!(valid_for(Duration::from_secs(3600), "en-US"), "1 hour");
         let ru = |hours: u64| valid_for(Duration::from_secs(hours * 3600), "ru-RU");
         assert_eq!(
