@@ -368,38 +368,26 @@ pub fn valid_for(ttl: Duration, lang: &str) -> String {
             ("segundo", "segundos"),
         ]),
         "it" => two([("ora", "ore"), ("minuto", "minuti"), ("secondo", "secondi")]),
-        // "Ссылка действует 1 час / 2 часа / 5 часов" (accusative).
-        "ru" => {
-            let forms = [
+        // "Ссылка действует 1 час / 2 часа / 5 часов" (accusative): one for 1, 21, 31…
+        "ru" => slavic(
+            n,
+            n % 10 == 1 && n % 100 != 11,
+            [
                 ["час", "часа", "часов"],
                 ["минуту", "минуты", "минут"],
                 ["секунду", "секунды", "секунд"],
-            ][unit];
-            let form = if n % 10 == 1 && n % 100 != 11 {
-                forms[0]
-            } else if (2..=4).contains(&(n % 10)) && !(12..=14).contains(&(n % 100)) {
-                forms[1]
-            } else {
-                forms[2]
-            };
-            format!("{n} {form}")
-        }
-        // "ważny przez 1 godzinę / 2 godziny / 5 godzin" (accusative).
-        "pl" => {
-            let forms = [
+            ][unit],
+        ),
+        // "ważny przez 1 godzinę / 2 godziny / 5 godzin" (accusative): one for 1 alone.
+        "pl" => slavic(
+            n,
+            n == 1,
+            [
                 ["godzinę", "godziny", "godzin"],
                 ["minutę", "minuty", "minut"],
                 ["sekundę", "sekundy", "sekund"],
-            ][unit];
-            let form = if n == 1 {
-                forms[0]
-            } else if (2..=4).contains(&(n % 10)) && !(12..=14).contains(&(n % 100)) {
-                forms[1]
-            } else {
-                forms[2]
-            };
-            format!("{n} {form}")
-        }
+            ][unit],
+        ),
         // After "لمدة" (genitive): one and two are words of their own, 3 to 10 take the plural,
         // 11 and more the singular.
         "ar" => {
@@ -421,6 +409,19 @@ pub fn valid_for(ttl: Duration, lang: &str) -> String {
             ("second", "seconds"),
         ]),
     }
+}
+
+/// `n` with the Russian or Polish form of its unit: `forms` are (one, few, many); `one` says
+/// whether `n` takes the first; 2 to 4 (but not 12 to 14) take the second, the rest the third.
+fn slavic(n: u64, one: bool, forms: [&str; 3]) -> String {
+    let form = if one {
+        forms[0]
+    } else if (2..=4).contains(&(n % 10)) && !(12..=14).contains(&(n % 100)) {
+        forms[1]
+    } else {
+        forms[2]
+    };
+    format!("{n} {form}")
 }
 
 #[cfg(test)]
