@@ -159,7 +159,8 @@ pub async fn follow(
     mut known: SiteSettings,
     mut apply: impl FnMut(&SiteSettings) -> anyhow::Result<()>,
 ) {
-    let mut every = tokio::time::interval(every);
+    // The first read is the caller's (`known`): the next is one period away, not at once.
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
