@@ -486,31 +486,43 @@ async fn token_transactions(pool: &PgPool, accounts: Vec<i64>) -> anyhow::Result
     .await
 }
 
-/// The worker's whole database transaction for a job, alone (no broker, no SMTP): `BEGIN`, the
-/// worker's own `deliveries::claim` and `deliveries::prepare_send`, `COMMIT`. Not a limit the
-/// worker is held to, but it tells how much of the gap to the token transaction is the job's
-/// bookkeeping (its delivery record, the account's lock, the throttle) and how much the rest.
+/// The worker's whole database work for a job, alone (no broker, no SMTP): its claim (one
+/// transaction) and its record (one statement), each for a batch of one job, with the worker's own
+/// `claims::claim` and `claims::record`. Not a limit the worker is held to (the worker batches
+/// many jobs per claim and per record), but it tells what the job's bookkeeping (its delivery
+/// record, the account's lock, the throttle) costs next to the token transaction.
 async fn job_transactions(pool: &PgPool, emails: Vec<String>) -> anyhow::Result<f64> {
     transactions_per_second(pool, emails, |pool, emails, i| async move {
         let Job::PasswordReset(job) = load::job(&emails[i]);
         let token = ResetToken::generate()?;
-        let mut tx = pool.begin().await?;
-        let (_claim, user) =
-            db::deliveries::claim(&mut *tx, &job, &db::users::Accounts::Builtin).await?;
-        let user = user.context("a bench account is missing")?;
-        let send = db::deliveries::PreparedSend {
-            job_id: job.job_id,
-            user_id: user.id,
-            token_hash: &token.hash(),
-            token_ttl: Duration::from_secs(3600),
+        let mut connection = pool.acquire().await?;
+        let rules = db::claims::Rules {
+            job_max_age: Duration::from_secs(3600),
             cooldown: Duration::from_secs(60),
             daily_max: 5,
-            message_id: &format!("<{}@localhost>", job.job_id),
+            lease: Duration::from_secs(65),
         };
-        db::deliveries::prepare_send(&mut *tx, &send)
-            .await?
-            .context("a bench account was throttled")?;
-        tx.commit().await?;
+        let lease_id = uuid::Uuid::new_v4();
+        let job_id = job.job_id;
+        let request = db::claims::ClaimRequest { job, lease_id };
+        let claims = db::claims::claim(
+            &mut connection,
+            &db::users::Accounts::Builtin,
+            &rules,
+            &[request],
+        )
+        .await?;
+        let Some(db::claims::Claim::Send(user)) = claims.into_iter().next() else {
+            anyhow::bail!("a bench account was not sent to");
+        };
+        let sent = db::claims::SentEmail {
+            job_id,
+            lease_id,
+            user_id: user.id,
+            token_hash: token.hash(),
+            message_id: format!("<{job_id}@localhost>"),
+        };
+        db::claims::record(&mut connection, Duration::from_secs(3600), &[sent], &[]).await?;
         Ok(())
     })
     .await

@@ -123,6 +123,8 @@ async fn a_cloudreve_account_resets_the_password_cloudreves_sign_in_checks() {
         "the link's id is the site's own id of the account"
     );
 
+    // The email leaves a moment before its token is stored; wait for the record.
+    assert_eq!(outcome(&pool, "jane@example.com").await, "sent");
     let redeemed = api
         .redeem(&id, json!({"password": "new-password-1", "secret": secret}))
         .await;

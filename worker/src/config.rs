@@ -57,9 +57,14 @@ pub struct WorkerConfig {
     /// Longest an SMTP send may take before it counts as a transient failure.
     #[arg(long = "smtp-timeout", env = "RESETMAIL_SMTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub smtp_timeout: Duration,
-    /// Jobs handled in parallel by this process (also the broker prefetch).
-    #[arg(long = "concurrency", env = "RESETMAIL_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Jobs in flight in this process (also the broker prefetch). Costs no database connections:
+    /// thousands are fine; emails above the SMTP connection cap wait for a connection.
+    #[arg(long = "concurrency", env = "RESETMAIL_CONCURRENCY", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// Most SMTP connections open at once to the mail server (relays limit them per client;
+    /// Postfix allows 50 by default).
+    #[arg(long = "smtp-connections", env = "RESETMAIL_SMTP_CONNECTIONS", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..))]
+    pub smtp_connections: u16,
     /// How long a reset link stays valid.
     #[arg(long = "token-ttl", env = "RESETMAIL_TOKEN_TTL", default_value = "1h", value_parser = parse_duration)]
     pub token_ttl: Duration,

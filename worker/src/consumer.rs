@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 
 use crate::{
     Worker,
-    reset::{DeadClass, Failure, JobOutcome},
+    outcome::{DeadClass, Failure, JobOutcome},
     settle::{Attempt, settle},
 };
 
@@ -39,6 +39,8 @@ struct Session {
     publisher: Channel,
     /// Raised by a task whose job met a failure that every job would meet.
     pause: Arc<Notify>,
+    /// Fires when the worker is asked to stop.
+    stopping: CancellationToken,
 }
 
 /// Consumes until `shutdown` fires, then lets the jobs in flight finish.
@@ -55,6 +57,7 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
                     topology: topology.clone(),
                     publisher,
                     pause: Arc::new(Notify::new()),
+                    stopping: shutdown.clone(),
                 });
                 let end = run_session(&session, &channel, &tracker, &shutdown).await;
                 if let SessionEnd::Shutdown = end {
@@ -226,7 +229,12 @@ async fn process(session: Arc<Session>, delivery: Delivery) {
     };
     async {
         let outcome = match job {
-            Ok(Job::PasswordReset(job)) => session.worker.handle(&job, attempt.number).await,
+            Ok(Job::PasswordReset(job)) => {
+                session
+                    .worker
+                    .handle(&job, attempt.number, &session.stopping)
+                    .await
+            }
             Err(error) => JobOutcome::Dead(DeadClass::Malformed, Failure::new(error.to_string())),
         };
         if let JobOutcome::Pause(_) = outcome {

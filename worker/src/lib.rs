@@ -9,9 +9,11 @@ pub mod dlq;
 pub mod health;
 pub mod mailer;
 pub mod metrics;
+pub mod outcome;
 pub mod reset;
 pub mod settle;
 pub mod site;
+pub mod store;
 pub mod templates;
 
 use std::sync::{Arc, PoisonError, RwLock};
@@ -19,7 +21,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use anyhow::Context as _;
 use resetmail_shared::{
     config::AccountSource,
-    db::{cloudreve, users::Accounts},
+    db::{claims::Rules, cloudreve, users::Accounts},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -30,9 +32,11 @@ use crate::{config::WorkerConfig, mailer::Mailer, site::SiteConfig, templates::T
 pub struct Worker {
     /// The worker's configuration.
     pub config: WorkerConfig,
+    /// For everything but the jobs: the site's settings, pruning, the readiness probe.
     pool: PgPool,
+    /// For the jobs: batched claims and records on lanes of their own.
+    store: store::Store,
     templates: Templates,
-    accounts: Accounts,
     /// The site and its transport; replaced as a whole when the Cloudreve site's settings change.
     site: RwLock<Arc<SiteConfig>>,
     /// Whether the worker is consuming now.
@@ -40,7 +44,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Checks the configuration and compiles the templates; any problem stops the worker here.
+    /// Checks the configuration and compiles the templates (any problem stops the worker here),
+    /// and starts the lanes of the job's database work, connecting as `pool` does.
     pub fn new(
         config: WorkerConfig,
         pool: PgPool,
@@ -48,11 +53,24 @@ impl Worker {
         site: SiteConfig,
     ) -> anyhow::Result<Self> {
         let templates = Templates::load(config.templates_dir.as_deref(), &config.default_language)?;
+        let rules = Rules {
+            job_max_age: config.job_max_age,
+            cooldown: config.account_cooldown,
+            daily_max: config.account_daily_max,
+            lease: lease(config.smtp_timeout),
+        };
+        let store = store::Store::start(
+            (*pool.connect_options()).clone(),
+            job_lanes(config.database.pool_size),
+            accounts,
+            rules,
+            config.token_ttl,
+        );
         Ok(Self {
             config,
             pool,
+            store,
             templates,
-            accounts,
             site: RwLock::new(Arc::new(site)),
             health: Arc::new(health::Health::default()),
         })
@@ -71,14 +89,27 @@ impl Worker {
     }
 }
 
+/// How long a claimed job stays its claimer's: two send time limits (a send includes connecting)
+/// and a margin, so that only a delivery whose worker died loses its lease.
+pub fn lease(smtp_timeout: std::time::Duration) -> std::time::Duration {
+    smtp_timeout * 2 + std::time::Duration::from_secs(5)
+}
+
+/// Connections of the pool for everything but the jobs (start-up, the site's settings, pruning,
+/// the readiness probe).
+const OTHER_CONNECTIONS: u32 = 2;
+
+/// The lanes of the jobs' database work, out of `pool_size` connections in all.
+fn job_lanes(pool_size: u32) -> usize {
+    pool_size.saturating_sub(OTHER_CONNECTIONS).max(1) as usize
+}
+
 /// Runs the worker as configured until `shutdown` fires.
-pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // Each job in flight holds one connection from its first statement to its commit.
-    config.database.pool_size = config
-        .database
-        .pool_size
-        .max(u32::from(config.concurrency) + 1);
-    let pool = resetmail_shared::db::connect(&config.database).await?;
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // The jobs' lanes take the rest of `RESETMAIL_DB_POOL_SIZE`, whatever the concurrency.
+    let mut others = config.database.clone();
+    others.pool_size = config.database.pool_size.min(OTHER_CONNECTIONS);
+    let pool = resetmail_shared::db::connect(&others).await?;
     let accounts = Accounts::load(&pool, config.database.accounts).await?;
     let cloudreve = match config.database.accounts {
         AccountSource::Builtin => None,

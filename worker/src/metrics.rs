@@ -1,10 +1,10 @@
 //! The worker's metrics, described and present at zero from start-up, so that `rate()` and
 //! `increase()` see every series before its first event.
 
-use crate::reset::DeadClass;
+use crate::outcome::DeadClass;
 
 /// Every `outcome` label of `resetmail_worker_jobs_total`.
-pub const JOB_OUTCOMES: [&str; 10] = [
+pub const JOB_OUTCOMES: [&str; 11] = [
     "sent",
     "unknown_account",
     "banned",
@@ -15,6 +15,7 @@ pub const JOB_OUTCOMES: [&str; 10] = [
     "retry",
     "dead",
     "paused",
+    "requeued",
 ];
 
 /// Describes every series and makes it present at zero; `retry_steps` is the number of retry

@@ -1,8 +1,7 @@
-//! Handling one password reset job: decide, issue the token, render and send the email, record it.
-//! The job's delivery row stays locked from the first statement to the commit, so a job delivered
-//! twice (or to two workers) is sent once.
+//! Handling one password reset job: claim it, render and send the email, record what happened.
+//! No transaction is open while the email is sent: the job's lease (docs/ARCHITECTURE.md, "A job's
+//! life") keeps a job delivered twice, or to two workers, from being sent twice.
 
-use anyhow::Context as _;
 use lettre::{
     Message,
     message::{
@@ -12,159 +11,77 @@ use lettre::{
 };
 use resetmail_shared::{
     PasswordResetJob,
+    amqp::Backoff,
     db::{
-        deliveries::{self, Outcome},
-        users::{User, UserStatus},
+        claims::{Claim, ClaimRequest, SentEmail, UnsentEmail},
+        deliveries::Outcome,
+        users::User,
     },
-    email::mask_addresses,
     token::ResetToken,
 };
-use sqlx::{Postgres, Transaction};
-use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{
     Worker, cloudreve_mail,
-    mailer::MailError,
+    mailer::{Fault, classify},
+    outcome::{Failure, JobOutcome},
     site::SiteConfig,
+    store::Record,
     templates::{ResetEmailContext, valid_for},
 };
 
-/// Why a job is dead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadClass {
-    /// The mail server refused it for good (5xx), or the account's address cannot be mailed.
-    Permanent,
-    /// Transient failures outlasted every retry step.
-    Exhausted,
-    /// The message is not a job this worker understands.
-    Malformed,
-}
-
-impl DeadClass {
-    /// The value of the `x-resetmail-error-class` header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Permanent => "permanent",
-            Self::Exhausted => "exhausted",
-            Self::Malformed => "malformed",
-        }
-    }
-}
-
-/// Why a job failed, as text for the log, the delivery row and the dead letter's headers. Mail
-/// servers name the recipient in their replies (`550 5.1.1 <bob@example.com>: …`), so every address
-/// in the text is masked here, when it is made: nothing else can build one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure(String);
-
-impl Failure {
-    /// The text with every address in it masked.
-    pub fn new(text: impl AsRef<str>) -> Self {
-        Self(mask_addresses(text.as_ref()))
-    }
-
-    /// The masked text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What became of a job; one place ([`crate::settle`]) turns it into an ack, a retry copy, a dead
-/// letter or a requeue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobOutcome {
-    /// The email was accepted by the mail server.
-    Sent {
-        /// Its Message-ID header.
-        message_id: String,
-    },
-    /// Decided without sending (unknown, banned or inactive account, expired job).
-    Skipped(Outcome),
-    /// Already decided by an earlier delivery of the same job; nothing was done.
-    Duplicate(Outcome),
-    /// Failed in a way that may pass; the job waits in the next retry step.
-    Retry(Failure),
-    /// Failed for good; the job goes to the dead letters.
-    Dead(DeadClass, Failure),
-    /// Every job would fail alike now (database down, SMTP credentials rejected): the job goes back
-    /// to the queue untouched and the worker stops taking jobs for a while.
-    Pause(Failure),
-}
-
-impl JobOutcome {
-    /// The error behind a failed outcome.
-    pub fn error(&self) -> Option<&str> {
-        match self {
-            Self::Retry(text) | Self::Dead(_, text) | Self::Pause(text) => Some(text.as_str()),
-            Self::Sent { .. } | Self::Skipped(_) | Self::Duplicate(_) => None,
-        }
-    }
-}
-
 impl Worker {
-    /// Handles attempt number `attempt` (from 1) of a job. Never panics: a failure of the database
-    /// becomes [`JobOutcome::Pause`], one of the mail server the outcome its class calls for.
-    pub async fn handle(&self, job: &PasswordResetJob, attempt: u32) -> JobOutcome {
-        match self.try_handle(job, attempt).await {
-            Ok(outcome) => outcome,
-            Err(error) => JobOutcome::Pause(Failure::new(format!("{error:#}"))),
-        }
-    }
-
-    async fn try_handle(&self, job: &PasswordResetJob, attempt: u32) -> anyhow::Result<JobOutcome> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .context("cannot begin a transaction")?;
-        let (claim, user) = deliveries::claim(&mut *tx, job, &self.accounts)
-            .await
-            .context("cannot record the job")?;
-        if claim.outcome.is_final() {
-            tx.commit().await?;
-            return Ok(JobOutcome::Duplicate(claim.outcome));
-        }
-        // Only a job that waited too long before its first attempt is stale; retries take their time.
-        if claim.first && OffsetDateTime::now_utc() - job.requested_at > self.config.job_max_age {
-            return decide(tx, job, None, Outcome::Expired).await;
-        }
-        let user = match user {
-            None => return decide(tx, job, None, Outcome::UnknownAccount).await,
-            Some(user) if user.status == UserStatus::Banned => {
-                return decide(tx, job, Some(user.id), Outcome::Banned).await;
-            }
-            Some(user) if user.status == UserStatus::Inactive => {
-                return decide(tx, job, Some(user.id), Outcome::Inactive).await;
-            }
-            Some(user) => user,
-        };
-
-        // The account's row is locked: jobs for one account see each other's sends.
-        let token = ResetToken::generate().context("no randomness from the operating system")?;
+    /// Handles attempt number `attempt` (from 1) of a job. Never panics: a database that does not
+    /// answer becomes [`JobOutcome::Pause`], a failed send the outcome its class calls for.
+    ///
+    /// The job waits for an SMTP connection slot, then is claimed (a short transaction, shared
+    /// with the other jobs claimed at that moment) under a lease of its own; the email is sent
+    /// with no transaction open; then the result is recorded (one statement, shared too). A job
+    /// whose lease another delivery holds waits for it; `stopping` ends that wait.
+    pub async fn handle(
+        &self,
+        job: &PasswordResetJob,
+        attempt: u32,
+        stopping: &CancellationToken,
+    ) -> JobOutcome {
         let site = self.site();
+        let Ok(token) = ResetToken::generate() else {
+            return JobOutcome::Pause(Failure::new("no randomness from the operating system"));
+        };
+        let lease_id = Uuid::new_v4();
+        let (user, slot) = loop {
+            // The lease starts once a connection is free, so that it need only outlast a send.
+            let slot = site.mailer.slot().await;
+            let request = ClaimRequest {
+                job: job.clone(),
+                lease_id,
+            };
+            match self.store.claim(request).await {
+                Err(error) => {
+                    return JobOutcome::Pause(Failure::new(format!(
+                        "cannot claim the job: {error}"
+                    )));
+                }
+                Ok(Claim::Duplicate(outcome)) => return JobOutcome::Duplicate(outcome),
+                Ok(Claim::Decided(outcome)) => return JobOutcome::Skipped(outcome),
+                Ok(Claim::Send(user)) => break (user, slot),
+                Ok(Claim::Busy) => {
+                    drop(slot);
+                    tracing::info!("another delivery of this job holds its lease; waiting");
+                    tokio::select! {
+                        () = stopping.cancelled() => {
+                            return JobOutcome::Requeue(Failure::new(
+                                "another delivery of the job holds its lease and the worker is stopping",
+                            ));
+                        }
+                        () = tokio::time::sleep(self.config.requeue_delay) => {}
+                    }
+                }
+            }
+        };
+
         let message_id = format!("<{}@{}>", job.job_id, site.message_id_domain);
-        let send = deliveries::PreparedSend {
-            job_id: job.job_id,
-            user_id: user.id,
-            token_hash: &token.hash(),
-            token_ttl: self.config.token_ttl,
-            cooldown: self.config.account_cooldown,
-            daily_max: self.config.account_daily_max,
-            message_id: &message_id,
-        };
-        let Some(token_id) = deliveries::prepare_send(&mut *tx, &send)
-            .await
-            .context("cannot store the token")?
-        else {
-            tx.commit().await?;
-            return Ok(JobOutcome::Skipped(Outcome::Throttled));
-        };
         let sent = match self.compose(&site, &user, &token, &message_id) {
             Ok(message) => {
                 let started = std::time::Instant::now();
@@ -173,34 +90,73 @@ impl Worker {
                     .record(started.elapsed().as_secs_f64());
                 sent
             }
-            Err(error) => Err(MailError::Permanent(error)),
+            Err(error) => Err(classify(Fault::Message(error))),
         };
-        match sent {
-            // The job was recorded as sent, with its token, by `prepare_send`: committing now
-            // makes both true at once.
-            Ok(()) => {
-                tx.commit().await.context("cannot record the sent email")?;
-                Ok(JobOutcome::Sent { message_id })
-            }
+        drop(slot);
+        let (outcome, record) = match sent {
+            Ok(()) => (
+                JobOutcome::Sent {
+                    message_id: message_id.clone(),
+                },
+                Record::Sent(SentEmail {
+                    job_id: job.job_id,
+                    lease_id,
+                    user_id: user.id,
+                    token_hash: token.hash(),
+                    message_id,
+                }),
+            ),
             Err(error) => {
                 let retry_steps = self.config.broker.retry_delays.0.len();
-                let (give_up, outcome) = match error {
-                    MailError::Permanent(text) => (
-                        true,
-                        JobOutcome::Dead(DeadClass::Permanent, Failure::new(text)),
-                    ),
-                    MailError::Transient(text) if attempt as usize > retry_steps => (
-                        true,
-                        JobOutcome::Dead(DeadClass::Exhausted, Failure::new(text)),
-                    ),
-                    MailError::Transient(text) => (false, JobOutcome::Retry(Failure::new(text))),
-                    MailError::Systemic(text) => (false, JobOutcome::Pause(Failure::new(text))),
-                };
-                // The email never left: its token must never work.
-                let text = outcome.error().unwrap_or_default();
-                deliveries::undo_send(&mut *tx, job.job_id, token_id, text, give_up).await?;
-                tx.commit().await?;
-                Ok(outcome)
+                let outcome = JobOutcome::of_failed_send(error, attempt, retry_steps);
+                // The email never left, so no token was stored: nothing can redeem it.
+                let record = Record::Unsent(UnsentEmail {
+                    job_id: job.job_id,
+                    lease_id,
+                    error: outcome
+                        .error()
+                        .map(|failure| failure.as_str().to_owned())
+                        .unwrap_or_default(),
+                    give_up: outcome.gives_up(),
+                });
+                (outcome, record)
+            }
+        };
+        match self.record(record, stopping).await {
+            Ok(true) => outcome,
+            Ok(false) => {
+                tracing::warn!(
+                    outcome = outcome.label(),
+                    "another delivery took the job over while this one worked on it; its result is not recorded"
+                );
+                JobOutcome::Duplicate(Outcome::Pending)
+            }
+            Err(failure) => JobOutcome::Requeue(failure),
+        }
+    }
+
+    /// Records a result, trying again while the database fails, until `stopping` has fired and
+    /// the shutdown timeout passed since: a result is never dropped while the worker runs.
+    async fn record(&self, record: Record, stopping: &CancellationToken) -> Result<bool, Failure> {
+        let mut backoff = Backoff::default();
+        let given_up = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(self.config.shutdown_timeout).await;
+        };
+        tokio::pin!(given_up);
+        loop {
+            let error = match self.store.record(record.clone()).await {
+                Ok(recorded) => return Ok(recorded),
+                Err(error) => error,
+            };
+            tracing::warn!(%error, "cannot record the job's result; trying again");
+            tokio::select! {
+                () = &mut given_up => {
+                    return Err(Failure::new(format!(
+                        "the job's result could not be recorded before the worker stopped: {error}"
+                    )));
+                }
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
     }
@@ -291,14 +247,3 @@ const AUTO_SUBMITTED: HeaderName = HeaderName::new_from_ascii_str("Auto-Submitte
 /// Microsoft Exchange's request for no automatic replies of any kind.
 const AUTO_RESPONSE_SUPPRESS: HeaderName =
     HeaderName::new_from_ascii_str("X-Auto-Response-Suppress");
-
-async fn decide(
-    mut tx: Transaction<'_, Postgres>,
-    job: &PasswordResetJob,
-    user_id: Option<i64>,
-    outcome: Outcome,
-) -> anyhow::Result<JobOutcome> {
-    deliveries::decide(&mut *tx, job.job_id, user_id, outcome).await?;
-    tx.commit().await?;
-    Ok(JobOutcome::Skipped(outcome))
-}

@@ -15,7 +15,7 @@ use resetmail_shared::{
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::reset::{DeadClass, Failure, JobOutcome};
+use crate::outcome::{DeadClass, Failure, JobOutcome};
 
 /// Longest wait for the broker to take an ack, a nack or a confirmed copy.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -105,6 +105,10 @@ pub async fn settle(
             }
             JobOutcome::Pause(error) => {
                 tracing::error!(outcome = "paused", %error, "the job cannot be handled now; it goes back to the queue");
+                requeue(delivery).await
+            }
+            JobOutcome::Requeue(reason) => {
+                tracing::warn!(outcome = "requeued", %reason, "the job goes back to the queue");
                 requeue(delivery).await
             }
         }
@@ -258,20 +262,15 @@ fn truncate(text: &str, max_chars: usize) -> String {
 
 /// Counts the outcome (and the retry step or the dead letter's class).
 fn record(outcome: &JobOutcome, attempt: &Attempt) {
-    let label = match outcome {
-        JobOutcome::Sent { .. } => "sent".to_owned(),
-        JobOutcome::Skipped(decided) => decided.to_string(),
-        JobOutcome::Duplicate(_) => "duplicate".to_owned(),
+    match outcome {
         JobOutcome::Retry(_) => {
             metrics::counter!("resetmail_worker_retries_total", "step" => attempt.number.to_string()).increment(1);
-            "retry".to_owned()
         }
         JobOutcome::Dead(class, _) => {
             metrics::counter!("resetmail_worker_dead_letters_total", "class" => class.as_str())
                 .increment(1);
-            "dead".to_owned()
         }
-        JobOutcome::Pause(_) => "paused".to_owned(),
-    };
-    metrics::counter!("resetmail_worker_jobs_total", "outcome" => label).increment(1);
+        _ => {}
+    }
+    metrics::counter!("resetmail_worker_jobs_total", "outcome" => outcome.label()).increment(1);
 }

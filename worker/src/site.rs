@@ -107,7 +107,7 @@ impl SiteConfig {
             smtp_url.as_deref(),
             &config.outbox_dir,
             config.smtp_timeout,
-            usize::from(config.concurrency),
+            usize::from(config.smtp_connections),
         )?;
         Ok(Self {
             site,

@@ -1,6 +1,7 @@
 //! The database: connecting (creating it if missing), migrations, and the queries both binaries use.
 
 pub mod captcha_tickets;
+pub mod claims;
 pub mod cloudreve;
 pub mod deliveries;
 pub mod tokens;

@@ -4,11 +4,13 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context as _;
 use lettre::{AsyncFileTransport, AsyncTransport as _, Message, Tokio1Executor};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub mod smtp;
 
@@ -27,6 +29,10 @@ pub enum MailError {
     Systemic(String),
 }
 
+/// The right to open (or reuse) one SMTP connection, from [`Mailer::slot`]; given back when
+/// dropped.
+pub struct Slot(#[expect(dead_code, reason = "held for its drop")] Option<OwnedSemaphorePermit>);
+
 /// The configured transport.
 pub enum Mailer {
     /// A real SMTP server.
@@ -35,6 +41,8 @@ pub enum Mailer {
         pool: smtp::Pool,
         /// Upper bound for one send.
         timeout: Duration,
+        /// One permit per connection the server may see at once.
+        slots: Arc<Semaphore>,
     },
     /// `.eml` files in a directory, for machines without an SMTP server.
     Outbox {
@@ -47,7 +55,7 @@ pub enum Mailer {
 
 impl Mailer {
     /// SMTP from `smtp_url` when given, else the outbox in `outbox_dir` (created if missing).
-    /// `connections` bounds the idle SMTP connections kept (the worker's concurrency).
+    /// At most `connections` SMTP connections are open at once (see [`Mailer::slot`]).
     pub fn new(
         smtp_url: Option<&str>,
         outbox_dir: &Path,
@@ -63,6 +71,7 @@ impl Mailer {
                 Ok(Self::Smtp {
                     pool: smtp::Pool::new(settings, connections),
                     timeout,
+                    slots: Arc::new(Semaphore::new(connections.max(1))),
                 })
             }
             None => {
@@ -77,45 +86,84 @@ impl Mailer {
         }
     }
 
+    /// Waits for one of the SMTP connections the server may see at once; a send happens while
+    /// its job holds one, so that no more connections are open than configured however many jobs
+    /// are in flight. The outbox has no limit.
+    pub async fn slot(&self) -> Slot {
+        match self {
+            Self::Smtp { slots, .. } => Slot(slots.clone().acquire_owned().await.ok()),
+            Self::Outbox { .. } => Slot(None),
+        }
+    }
+
     /// Sends one message.
     pub async fn send(&self, message: Message) -> Result<(), MailError> {
         match self {
-            Self::Smtp { pool, timeout } => {
+            Self::Smtp { pool, timeout, .. } => {
                 let bytes = message.formatted();
                 // A send cut short by the timeout drops its connection with it.
                 tokio::time::timeout(*timeout, pool.send(message.envelope(), &bytes))
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(MailError::Transient(format!(
-                            "no answer from the SMTP server within {timeout:?}"
-                        )))
-                    })
+                    .unwrap_or_else(|_| Err(classify(Fault::Timeout(*timeout))))
             }
-            // A full disk or a missing directory is this machine's problem, not the job's.
-            Self::Outbox { transport, .. } => {
-                transport
-                    .send(message)
-                    .await
-                    .map(|_id| ())
-                    .map_err(|error| {
-                        MailError::Systemic(format!("cannot write to the outbox: {error}"))
-                    })
-            }
+            Self::Outbox { transport, .. } => transport
+                .send(message)
+                .await
+                .map(|_id| ())
+                .map_err(|error| classify(Fault::Outbox(error.to_string()))),
         }
     }
 }
 
-/// The one place where an SMTP failure gets its class.
-pub fn classify(error: &lettre::transport::smtp::Error) -> MailError {
-    let code = error.status().map(u16::from);
-    let text = error.to_string();
-    match code {
-        // Authentication required, too weak, rejected, or needing encryption: the configuration
-        // is wrong for every job alike.
-        Some(530 | 534 | 535 | 538) => MailError::Systemic(text),
-        _ if error.is_tls() || error.is_client() => MailError::Systemic(text),
-        _ if error.is_permanent() => MailError::Permanent(text),
-        // 4xx, timeouts, refused or dropped connections, garbled replies: worth another try.
-        _ => MailError::Transient(text),
+/// Everything that can go wrong in a send, before it has a class.
+#[derive(Debug)]
+pub enum Fault<'a> {
+    /// lettre's SMTP client failed: a reply, STARTTLS, the connection under it.
+    Smtp(&'a lettre::transport::smtp::Error),
+    /// No TCP connection to the server (refused, unreachable, timed out).
+    Connect(String),
+    /// The TLS handshake of an `smtps://` connection failed.
+    TlsHandshake(String),
+    /// The server does not offer STARTTLS, which `tls=required` asks for.
+    NoStartTls,
+    /// The whole send took longer than its time limit.
+    Timeout(Duration),
+    /// The message could not be made (a template, the account's address).
+    Message(String),
+    /// The outbox cannot be written.
+    Outbox(String),
+}
+
+/// The one place where a failed send gets its class.
+pub fn classify(fault: Fault<'_>) -> MailError {
+    match fault {
+        Fault::Smtp(error) => {
+            let code = error.status().map(u16::from);
+            let text = error.to_string();
+            match code {
+                // Authentication required, too weak, rejected, or needing encryption: the
+                // configuration is wrong for every job alike.
+                Some(530 | 534 | 535 | 538) => MailError::Systemic(text),
+                _ if error.is_tls() || error.is_client() => MailError::Systemic(text),
+                _ if error.is_permanent() => MailError::Permanent(text),
+                // 4xx, timeouts, refused or dropped connections, garbled replies: worth another try.
+                _ => MailError::Transient(text),
+            }
+        }
+        Fault::Connect(text) => MailError::Transient(text),
+        Fault::Timeout(limit) => {
+            MailError::Transient(format!("no answer from the SMTP server within {limit:?}"))
+        }
+        // A certificate that does not match, or a server that speaks no TLS, fails every job
+        // alike, as a failed STARTTLS does: pause rather than burn the jobs' retries.
+        Fault::TlsHandshake(text) => {
+            MailError::Systemic(format!("TLS handshake with the SMTP server failed: {text}"))
+        }
+        Fault::NoStartTls => MailError::Systemic(
+            "the SMTP server does not offer STARTTLS, which tls=required asks for".into(),
+        ),
+        Fault::Message(text) => MailError::Permanent(text),
+        // A full disk or a missing directory is this machine's problem, not the job's.
+        Fault::Outbox(text) => MailError::Systemic(format!("cannot write to the outbox: {text}")),
     }
 }

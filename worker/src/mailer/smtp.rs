@@ -30,7 +30,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{MailError, classify};
+use super::{Fault, MailError, classify};
 
 /// A parked connection is closed when it has been idle this long (lettre's default too).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -128,18 +128,20 @@ impl Settings {
         )
         .await
         .map_err(|_| {
-            MailError::Transient(format!(
+            classify(Fault::Connect(format!(
                 "no connection to the SMTP server within {:?}",
                 self.connect_timeout
-            ))
+            )))
         })?
         .map_err(|error| {
-            MailError::Transient(format!("cannot connect to the SMTP server: {error}"))
+            classify(Fault::Connect(format!(
+                "cannot connect to the SMTP server: {error}"
+            )))
         })?;
         tcp.set_nodelay(true).map_err(|error| {
-            MailError::Transient(format!(
+            classify(Fault::Connect(format!(
                 "cannot set TCP_NODELAY on the SMTP connection: {error}"
-            ))
+            )))
         })?;
         let stream = match &self.security {
             Security::Implicit {
@@ -149,11 +151,7 @@ impl Settings {
                 let tls = connector
                     .connect(server_name.clone(), tcp)
                     .await
-                    .map_err(|error| {
-                        MailError::Transient(format!(
-                            "TLS handshake with the SMTP server failed: {error}"
-                        ))
-                    })?;
+                    .map_err(|error| classify(Fault::TlsHandshake(error.to_string())))?;
                 Stream::Tls(Box::new(tls))
             }
             Security::None | Security::StartTls { .. } => Stream::Plain(tcp),
@@ -161,7 +159,7 @@ impl Settings {
         let mut connection =
             AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello_name)
                 .await
-                .map_err(|error| classify(&error))?;
+                .map_err(|error| classify(Fault::Smtp(&error)))?;
         if let Security::StartTls {
             parameters,
             required,
@@ -171,19 +169,17 @@ impl Settings {
                 connection
                     .starttls(parameters.clone(), &self.hello_name)
                     .await
-                    .map_err(|error| classify(&error))?;
+                    .map_err(|error| classify(Fault::Smtp(&error)))?;
             } else if *required {
                 connection.abort().await;
-                return Err(MailError::Systemic(
-                    "the SMTP server does not offer STARTTLS, which tls=required asks for".into(),
-                ));
+                return Err(classify(Fault::NoStartTls));
             }
         }
         if let Some(credentials) = &self.credentials {
             connection
                 .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map_err(|error| classify(&error))?;
+                .map_err(|error| classify(Fault::Smtp(&error)))?;
         }
         Ok(connection)
     }
@@ -288,8 +284,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool keeping at most `max_idle` idle connections (the worker's concurrency: a job holds
-    /// one connection at a time). Idle connections are swept every [`IDLE_TIMEOUT`] when a Tokio
+    /// A pool keeping at most `max_idle` idle connections (the cap on connections: a send holds
+    /// one connection at a time, and at most that many sends run at once). Idle connections are swept every [`IDLE_TIMEOUT`] when a Tokio
     /// runtime is running.
     pub fn new(settings: Settings, max_idle: usize) -> Self {
         let inner = Arc::new(Inner {
@@ -313,7 +309,7 @@ impl Pool {
                 Ok(())
             }
             // lettre has already sent QUIT and closed a connection whose command failed.
-            Err(error) => Err(classify(&error)),
+            Err(error) => Err(classify(Fault::Smtp(&error))),
         }
     }
 

@@ -1,0 +1,464 @@
+//! The worker's database work, many jobs per statement: claiming jobs with a lease (and deciding
+//! at once what needs no email), then recording what became of the emails. Nothing here is held
+//! open while an email is sent: a claim is one short transaction, a record one statement.
+//!
+//! A job's lease says which delivery of it may send: while the lease is live, another delivery of
+//! the same job (the broker redelivered it, or a second worker got a copy) is told to wait
+//! ([`Claim::Busy`]); once it ran out (its worker died), the next delivery takes the job over. An
+//! email being sent holds a reservation on its account that the cooldown and the daily maximum
+//! count like a sent email, so that both stay exact with many emails in flight; a token is stored
+//! only when its email has left.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use sqlx::{Connection as _, PgConnection};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    deliveries::Outcome,
+    users::{Accounts, User, UserRow, UserStatus},
+};
+use crate::{PasswordResetJob, hashid::ObjectKind};
+
+/// The rules a claim decides by.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// A job older than this at its first attempt is expired.
+    pub job_max_age: Duration,
+    /// At most one email per account within this time.
+    pub cooldown: Duration,
+    /// At most this many emails per account in 24 hours.
+    pub daily_max: u32,
+    /// How long a claimed job stays its claimer's: longer than a send can take.
+    pub lease: Duration,
+}
+
+/// One job to claim, under a lease id of its own.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    /// The job.
+    pub job: PasswordResetJob,
+    /// The lease this delivery takes, if it may; its record must name it.
+    pub lease_id: Uuid,
+}
+
+/// What a claim found or decided.
+#[derive(Clone, Debug)]
+pub enum Claim {
+    /// An earlier delivery decided the job; nothing was changed.
+    Duplicate(Outcome),
+    /// Another delivery holds the job's lease: wait, then claim again.
+    Busy,
+    /// Decided now, without an email, and recorded.
+    Decided(Outcome),
+    /// The email may be sent to this account under the request's lease, which also reserves one
+    /// of the account's emails; [`record`] says how it went.
+    Send(User),
+}
+
+/// The first key of the advisory locks on Cloudreve accounts ("RSML"): keeps them apart from any
+/// other user of advisory locks in the site's database.
+const ACCOUNT_LOCK_CLASS: i32 = 0x5253_4d4c;
+
+/// Claims `requests` in one transaction and answers one [`Claim`] per request, in order.
+///
+/// 1. Each job's delivery row is created or, when pending with no live lease, leased again
+///    (counting an attempt); rows are locked in job-id order.
+/// 2. The accounts of the leased jobs are found and locked in account-id order (a built-in account
+///    by its row, a Cloudreve account by an advisory lock, so that Cloudreve's own writes to its
+///    row never wait on resetmail), so that jobs for one account are decided one batch at a time.
+/// 3. In a statement of its own (so that it sees what the previous holder of those locks
+///    committed), the accounts' sent emails and live reservations are counted.
+/// 4. Each leased job is decided in request order (expired, unknown, banned, inactive, throttled,
+///    or send), and the decisions are stored.
+///
+/// A job twice in `requests` is claimed once; its second request is [`Claim::Busy`].
+pub async fn claim(
+    connection: &mut PgConnection,
+    accounts: &Accounts,
+    rules: &Rules,
+    requests: &[ClaimRequest],
+) -> sqlx::Result<Vec<Claim>> {
+    let mut seen = HashSet::new();
+    let unique: Vec<&ClaimRequest> = requests
+        .iter()
+        .filter(|request| seen.insert(request.job.job_id))
+        .collect();
+    let mut tx = connection.begin().await?;
+
+    let rows: Vec<(Uuid, String, bool, Option<Uuid>)> = sqlx::query_as(
+        "INSERT INTO deliveries AS d
+             (job_id, correlation_id, email, requested_at, attempts, first_attempt_at,
+              last_attempt_at, lease_id, lease_until)
+         SELECT job_id, correlation_id, email, requested_at, 1, now(), now(), lease_id,
+                now() + make_interval(secs => $6)
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[])
+              AS input(job_id, correlation_id, email, requested_at, lease_id)
+         ORDER BY job_id
+         ON CONFLICT (job_id) DO UPDATE SET
+             attempts = d.attempts + (d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false))::int,
+             first_attempt_at = coalesce(d.first_attempt_at, now()),
+             last_attempt_at = CASE WHEN d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false)
+                                    THEN now() ELSE d.last_attempt_at END,
+             lease_id = CASE WHEN d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false)
+                             THEN excluded.lease_id ELSE d.lease_id END,
+             lease_until = CASE WHEN d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false)
+                                THEN excluded.lease_until ELSE d.lease_until END,
+             -- A lease taken over drops the reservation of the delivery that died holding it.
+             reserved_at = CASE WHEN d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false)
+                                THEN NULL ELSE d.reserved_at END
+         RETURNING job_id, outcome, (xmax = 0) AS inserted, lease_id",
+    )
+    .bind(unique.iter().map(|r| r.job.job_id).collect::<Vec<_>>())
+    .bind(unique.iter().map(|r| r.job.correlation_id).collect::<Vec<_>>())
+    .bind(unique.iter().map(|r| r.job.email.as_str()).collect::<Vec<_>>())
+    .bind(unique.iter().map(|r| r.job.requested_at).collect::<Vec<_>>())
+    .bind(unique.iter().map(|r| r.lease_id).collect::<Vec<_>>())
+    .bind(rules.lease.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    let rows: HashMap<Uuid, (String, bool, Option<Uuid>)> = rows
+        .into_iter()
+        .map(|(job_id, outcome, inserted, lease)| (job_id, (outcome, inserted, lease)))
+        .collect();
+
+    // The jobs this batch leased, and whether each is at its first attempt.
+    let mut leased = Vec::new();
+    let mut answers: HashMap<Uuid, Claim> = HashMap::new();
+    for request in &unique {
+        let Some((outcome, inserted, lease)) = rows.get(&request.job.job_id) else {
+            return Err(sqlx::Error::Protocol(format!(
+                "the claim returned no row for job {}",
+                request.job.job_id
+            )));
+        };
+        let outcome: Outcome = outcome
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+        if outcome.is_final() {
+            answers.insert(request.job.job_id, Claim::Duplicate(outcome));
+        } else if *lease != Some(request.lease_id) {
+            answers.insert(request.job.job_id, Claim::Busy);
+        } else {
+            leased.push((*request, *inserted));
+        }
+    }
+
+    if !leased.is_empty() {
+        let users = find_and_lock_accounts(&mut tx, accounts, &leased).await?;
+        let user_ids: Vec<i64> = users.values().map(|user| user.id).collect();
+        let counts: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT user_id,
+                    count(*) FILTER (WHERE coalesce(sent_at, reserved_at)
+                                           > now() - make_interval(secs => $2)),
+                    count(*)
+             FROM deliveries
+             WHERE user_id = ANY($1)
+               AND ((outcome = 'sent' AND sent_at > now() - interval '24 hours')
+                    OR (outcome = 'pending' AND reserved_at IS NOT NULL AND lease_until > now()))
+             GROUP BY user_id",
+        )
+        .bind(&user_ids)
+        .bind(rules.cooldown.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut counts: HashMap<i64, (i64, i64)> = counts
+            .into_iter()
+            .map(|(user, recent, today)| (user, (recent, today)))
+            .collect();
+
+        let now = OffsetDateTime::now_utc();
+        let mut decided = Decisions::default();
+        for (request, first) in &leased {
+            let job = &request.job;
+            let user = users.get(&job.job_id);
+            let outcome = if *first && now - job.requested_at > rules.job_max_age {
+                Outcome::Expired
+            } else {
+                match user.map(|user| user.status) {
+                    None => Outcome::UnknownAccount,
+                    Some(UserStatus::Banned) => Outcome::Banned,
+                    Some(UserStatus::Inactive) => Outcome::Inactive,
+                    Some(UserStatus::Active) => {
+                        let id = user.map(|user| user.id).unwrap_or_default();
+                        let (recent, today) = counts.entry(id).or_default();
+                        if *recent == 0 && *today < i64::from(rules.daily_max) {
+                            if !rules.cooldown.is_zero() {
+                                *recent += 1;
+                            }
+                            *today += 1;
+                            Outcome::Pending
+                        } else {
+                            Outcome::Throttled
+                        }
+                    }
+                }
+            };
+            let user_id = match outcome {
+                // An expired job names no account, as it was never looked at.
+                Outcome::Expired => None,
+                _ => user.map(|user| user.id),
+            };
+            decided.push(job.job_id, outcome, user_id);
+            answers.insert(
+                job.job_id,
+                match (outcome, user) {
+                    (Outcome::Pending, Some(user)) => Claim::Send(user.clone()),
+                    _ => Claim::Decided(outcome),
+                },
+            );
+        }
+        sqlx::query(
+            "UPDATE deliveries AS d SET
+                 outcome = decided.outcome,
+                 user_id = decided.user_id,
+                 reserved_at = CASE WHEN decided.outcome = 'pending' THEN now() END,
+                 lease_id = CASE WHEN decided.outcome = 'pending' THEN d.lease_id END,
+                 lease_until = CASE WHEN decided.outcome = 'pending' THEN d.lease_until END,
+                 updated_at = now()
+             FROM unnest($1::uuid[], $2::text[], $3::int8[]) AS decided(job_id, outcome, user_id)
+             WHERE d.job_id = decided.job_id",
+        )
+        .bind(&decided.job_ids)
+        .bind(&decided.outcomes)
+        .bind(&decided.user_ids)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+
+    let mut answered = HashSet::new();
+    Ok(requests
+        .iter()
+        .map(|request| {
+            let job_id = request.job.job_id;
+            match answers.get(&job_id) {
+                Some(claim) if answered.insert(job_id) => claim.clone(),
+                _ => Claim::Busy,
+            }
+        })
+        .collect())
+}
+
+/// The decisions of a batch, as the arrays of one statement.
+#[derive(Default)]
+struct Decisions {
+    job_ids: Vec<Uuid>,
+    outcomes: Vec<&'static str>,
+    user_ids: Vec<Option<i64>>,
+}
+
+impl Decisions {
+    fn push(&mut self, job_id: Uuid, outcome: Outcome, user_id: Option<i64>) {
+        self.job_ids.push(job_id);
+        self.outcomes.push(outcome.as_str());
+        self.user_ids.push(user_id);
+    }
+}
+
+/// Finds the account of each leased job and locks it, in account-id order; answers by job id.
+async fn find_and_lock_accounts(
+    connection: &mut PgConnection,
+    accounts: &Accounts,
+    leased: &[(&ClaimRequest, bool)],
+) -> sqlx::Result<HashMap<Uuid, User>> {
+    let job_ids: Vec<Uuid> = leased.iter().map(|(r, _)| r.job.job_id).collect();
+    let rows: Vec<AccountRow> = match accounts {
+        Accounts::Builtin => {
+            sqlx::query_as(
+                "SELECT input.job_id, u.id, u.public_id, u.email, u.nick, u.status, u.language
+                 FROM unnest($1::uuid[], $2::text[]) AS input(job_id, match_key)
+                 JOIN users AS u ON ascii_lower(u.email) = input.match_key
+                 ORDER BY u.id
+                 FOR NO KEY UPDATE OF u",
+            )
+            .bind(&job_ids)
+            .bind(
+                leased
+                    .iter()
+                    .map(|(r, _)| r.job.email.match_key())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(connection)
+            .await?
+        }
+        // Matched as Cloudreve's sign-in matches: case-insensitively, soft-deleted rows excluded,
+        // the oldest of case variants. The lock is taken after the sort (PostgreSQL evaluates a
+        // volatile function of the select list after ORDER BY).
+        Accounts::Cloudreve(_) => {
+            sqlx::query_as(
+                "SELECT found.*, pg_advisory_xact_lock($3, (found.id % 2147483647)::int)::text AS locked
+                 FROM (
+                     SELECT input.job_id, u.id, NULL::uuid AS public_id, u.email, u.nick, u.status,
+                            u.language
+                     FROM unnest($1::uuid[], $2::text[]) AS input(job_id, email)
+                     CROSS JOIN LATERAL (
+                         SELECT c.id, c.email::text AS email, c.nick::text AS nick,
+                                CASE c.status WHEN 'active' THEN 'active'
+                                              WHEN 'inactive' THEN 'inactive'
+                                              ELSE 'banned' END AS status,
+                                c.settings->>'email_language' AS language
+                         FROM public.users AS c
+                         WHERE lower(c.email) = lower(input.email) AND c.deleted_at IS NULL
+                         ORDER BY c.id LIMIT 1
+                     ) AS u
+                 ) AS found
+                 ORDER BY found.id",
+            )
+            .bind(&job_ids)
+            .bind(
+                leased
+                    .iter()
+                    .map(|(r, _)| r.job.email.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(ACCOUNT_LOCK_CLASS)
+            .fetch_all(connection)
+            .await?
+        }
+    };
+    rows.into_iter()
+        .map(|row| {
+            let job_id = row.job_id;
+            let id = row.id;
+            let mut user = User::try_from(UserRow {
+                id: row.id,
+                public_id: row.public_id.unwrap_or_default(),
+                email: row.email,
+                nick: row.nick,
+                status: row.status,
+                language: row.language,
+            })?;
+            if let Accounts::Cloudreve(ids) = accounts {
+                let id = u64::try_from(id).map_err(|e| sqlx::Error::Decode(e.into()))?;
+                user.link_id = ids.encode(id, ObjectKind::User);
+            }
+            Ok((job_id, user))
+        })
+        .collect()
+}
+
+/// An account found for a job.
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    job_id: Uuid,
+    id: i64,
+    /// NULL for a Cloudreve account: its link id is made from `id`.
+    public_id: Option<Uuid>,
+    email: String,
+    nick: Option<String>,
+    status: String,
+    language: Option<String>,
+}
+
+/// An email the mail server accepted, to record with its token.
+#[derive(Clone, Debug)]
+pub struct SentEmail {
+    /// The job.
+    pub job_id: Uuid,
+    /// The lease it was sent under.
+    pub lease_id: Uuid,
+    /// The account.
+    pub user_id: i64,
+    /// SHA-256 of the token's secret, which only the email holds.
+    pub token_hash: [u8; 32],
+    /// The email's Message-ID header.
+    pub message_id: String,
+}
+
+/// An email that did not leave, to record with why.
+#[derive(Clone, Debug)]
+pub struct UnsentEmail {
+    /// The job.
+    pub job_id: Uuid,
+    /// The lease it was tried under.
+    pub lease_id: Uuid,
+    /// Why (addresses masked by the caller).
+    pub error: String,
+    /// Whether the job is decided for good (`failed`) rather than pending again.
+    pub give_up: bool,
+}
+
+/// Records `sent` and `unsent` in one statement, and returns the ids of the jobs recorded (or
+/// found recorded already, when an earlier try of the same record committed unseen). A job
+/// missing from the answer lost its lease: another delivery took it over.
+///
+/// A sent email becomes `sent`, its account's older unused tokens are revoked and its token is
+/// stored (of two emails for one account in the batch, the later one's token is the live one); an
+/// unsent one becomes pending again with its error, or `failed`. Either way its reservation and
+/// lease end.
+pub async fn record(
+    connection: &mut PgConnection,
+    token_ttl: Duration,
+    sent: &[SentEmail],
+    unsent: &[UnsentEmail],
+) -> sqlx::Result<HashSet<Uuid>> {
+    let recorded: Vec<Uuid> = sqlx::query_scalar(
+        "WITH sent AS (
+             SELECT *
+             FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::bytea[], $5::text[])
+                  WITH ORDINALITY AS s(job_id, lease_id, user_id, token_hash, message_id, n)
+         ), recorded AS (
+             UPDATE deliveries AS d SET
+                 outcome = 'sent', sent_at = now(), message_id = sent.message_id,
+                 last_error = NULL, lease_id = NULL, lease_until = NULL, reserved_at = NULL,
+                 updated_at = now()
+             FROM sent
+             WHERE d.job_id = sent.job_id AND d.lease_id = sent.lease_id AND d.outcome = 'pending'
+             RETURNING d.job_id
+         ), already AS (
+             SELECT d.job_id FROM deliveries AS d JOIN sent USING (job_id)
+             WHERE d.outcome = 'sent' AND d.message_id = sent.message_id
+         ), live AS (
+             SELECT sent.* FROM sent JOIN recorded USING (job_id)
+         ), revoked AS (
+             UPDATE password_reset_tokens AS t SET revoked_at = now()
+             WHERE t.user_id IN (SELECT user_id FROM live)
+               AND t.used_at IS NULL AND t.revoked_at IS NULL
+         ), issued AS (
+             INSERT INTO password_reset_tokens (user_id, token_hash, job_id, expires_at, revoked_at)
+             SELECT user_id, token_hash, job_id, now() + make_interval(secs => $6),
+                    CASE WHEN row_number() OVER (PARTITION BY user_id ORDER BY n DESC) > 1
+                         THEN now() END
+             FROM live
+         ), unsent AS (
+             UPDATE deliveries AS d SET
+                 outcome = CASE WHEN unsent.give_up THEN 'failed' ELSE 'pending' END,
+                 last_error = unsent.error, lease_id = NULL, lease_until = NULL,
+                 reserved_at = NULL, updated_at = now()
+             FROM unnest($7::uuid[], $8::uuid[], $9::text[], $10::bool[])
+                  AS unsent(job_id, lease_id, error, give_up)
+             WHERE d.job_id = unsent.job_id AND d.lease_id = unsent.lease_id
+               AND d.outcome = 'pending'
+             RETURNING d.job_id
+         )
+         SELECT job_id FROM recorded
+         UNION ALL SELECT job_id FROM already
+         UNION ALL SELECT job_id FROM unsent",
+    )
+    .bind(sent.iter().map(|s| s.job_id).collect::<Vec<_>>())
+    .bind(sent.iter().map(|s| s.lease_id).collect::<Vec<_>>())
+    .bind(sent.iter().map(|s| s.user_id).collect::<Vec<_>>())
+    .bind(
+        sent.iter()
+            .map(|s| s.token_hash.to_vec())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sent.iter()
+            .map(|s| s.message_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(token_ttl.as_secs_f64())
+    .bind(unsent.iter().map(|u| u.job_id).collect::<Vec<_>>())
+    .bind(unsent.iter().map(|u| u.lease_id).collect::<Vec<_>>())
+    .bind(unsent.iter().map(|u| u.error.as_str()).collect::<Vec<_>>())
+    .bind(unsent.iter().map(|u| u.give_up).collect::<Vec<_>>())
+    .fetch_all(connection)
+    .await?;
+    Ok(recorded.into_iter().collect())
+}

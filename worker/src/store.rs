@@ -1,0 +1,299 @@
+//! The database work of the jobs in flight, batched: each job asks for its claim or its record and
+//! waits; a few lanes, each on a connection of its own, take whatever is waiting, do it with one
+//! transaction per batch of claims and one statement per batch of records, and answer every job.
+//! So the connections the worker holds are the lanes' (never more than configured, whatever the
+//! concurrency), and the busier the database, the larger its batches.
+//!
+//! A lane the database refuses (`too many clients`, a role's `CONNECTION LIMIT`) retries with
+//! backoff while the others carry the work; the refusal is logged at most once a minute. With no
+//! lane connected a claim waits [`CLAIM_PATIENCE`], then fails.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use resetmail_shared::{
+    amqp::Backoff,
+    db::{
+        claims::{self, Claim, ClaimRequest, Rules, SentEmail, UnsentEmail},
+        users::Accounts,
+    },
+};
+use sqlx::{Connection as _, PgConnection, postgres::PgConnectOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Longest a claim waits for a lane before the job is put back (the database is unreachable).
+pub const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Most jobs in one batch.
+const MAX_BATCH: usize = 512;
+
+/// A lane's connection failure is logged at most this often (by all lanes together).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why the database work of a job failed; the text of the database's error.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DbError(String);
+
+/// What a job records once its email was sent or not.
+#[derive(Clone, Debug)]
+pub enum Record {
+    /// The mail server accepted the email.
+    Sent(SentEmail),
+    /// It did not leave.
+    Unsent(UnsentEmail),
+}
+
+impl Record {
+    fn job_id(&self) -> uuid::Uuid {
+        match self {
+            Self::Sent(sent) => sent.job_id,
+            Self::Unsent(unsent) => unsent.job_id,
+        }
+    }
+}
+
+enum Work {
+    Claim(ClaimRequest, oneshot::Sender<Result<Claim, DbError>>),
+    /// Answers whether the job's lease was still its own.
+    Record(Record, oneshot::Sender<Result<bool, DbError>>),
+}
+
+impl Work {
+    /// Whether the job stopped waiting for the answer.
+    fn abandoned(&self) -> bool {
+        match self {
+            Self::Claim(_, answer) => answer.is_closed(),
+            Self::Record(_, answer) => answer.is_closed(),
+        }
+    }
+}
+
+/// What every lane needs.
+struct Lanes {
+    options: PgConnectOptions,
+    accounts: Accounts,
+    rules: Rules,
+    token_ttl: Duration,
+    work: tokio::sync::Mutex<mpsc::UnboundedReceiver<Work>>,
+    last_refusal_log: Mutex<Option<Instant>>,
+    /// Fires when the store is dropped.
+    closed: CancellationToken,
+}
+
+/// The worker's way to the database for its jobs.
+pub struct Store {
+    queue: mpsc::UnboundedSender<Work>,
+    closed: CancellationToken,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+impl Store {
+    /// Starts `lanes` lanes connecting with `options`; they stop once the store is dropped.
+    pub fn start(
+        options: PgConnectOptions,
+        lanes: usize,
+        accounts: Accounts,
+        rules: Rules,
+        token_ttl: Duration,
+    ) -> Self {
+        let (queue, work) = mpsc::unbounded_channel();
+        let closed = CancellationToken::new();
+        let shared = Arc::new(Lanes {
+            options,
+            accounts,
+            rules,
+            token_ttl,
+            work: tokio::sync::Mutex::new(work),
+            last_refusal_log: Mutex::new(None),
+            closed: closed.clone(),
+        });
+        for _ in 0..lanes.max(1) {
+            tokio::spawn(lane(shared.clone()));
+        }
+        Self { queue, closed }
+    }
+
+    /// Claims a job (see [`claims::claim`]); fails when no lane answers within [`CLAIM_PATIENCE`].
+    pub async fn claim(&self, request: ClaimRequest) -> Result<Claim, DbError> {
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .send(Work::Claim(request, answer))
+            .map_err(|_| DbError("the worker is stopping".into()))?;
+        match tokio::time::timeout(CLAIM_PATIENCE, answered).await {
+            Ok(Ok(claim)) => claim,
+            Ok(Err(_)) => Err(DbError("the worker is stopping".into())),
+            Err(_) => Err(DbError(format!(
+                "no database connection answered within {CLAIM_PATIENCE:?}"
+            ))),
+        }
+    }
+
+    /// Records what became of a claimed job's email; true if the job's lease was still its own
+    /// (false: another delivery took the job over). Waits as long as the lanes need.
+    pub async fn record(&self, record: Record) -> Result<bool, DbError> {
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .send(Work::Record(record, answer))
+            .map_err(|_| DbError("the worker is stopping".into()))?;
+        answered
+            .await
+            .unwrap_or_else(|_| Err(DbError("the worker is stopping".into())))
+    }
+}
+
+/// One lane: a connection, then batch after batch on it, until the store is dropped.
+async fn lane(lanes: Arc<Lanes>) {
+    let mut connection: Option<PgConnection> = None;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let connected = metrics::gauge!("resetmail_worker_db_connections");
+    loop {
+        // A connection first: work waits for the lanes that have one.
+        let Some(open) = connection.as_mut() else {
+            match PgConnection::connect_with(&lanes.options).await {
+                Ok(open) => {
+                    connected.increment(1.0);
+                    connection = Some(open);
+                    backoff.reset();
+                }
+                Err(error) => {
+                    lanes.log_refusal(&error);
+                    tokio::select! {
+                        () = lanes.closed.cancelled() => return,
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+            continue;
+        };
+        let batch = {
+            let mut work = lanes.work.lock().await;
+            let Some(first) = work.recv().await else {
+                connected.decrement(1.0);
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match work.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        if let Err(error) = run(open, &lanes, batch).await
+            && !matches!(error, sqlx::Error::Database(_))
+        {
+            // The connection itself failed: open another for the next batch.
+            tracing::warn!(%error, "a database connection failed; reconnecting");
+            connected.decrement(1.0);
+            connection = None;
+        }
+    }
+}
+
+impl Lanes {
+    fn log_refusal(&self, error: &sqlx::Error) {
+        let mut last = self
+            .last_refusal_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+            *last = Some(Instant::now());
+            tracing::warn!(%error, "the database refused a connection; working on the connections it allowed (logged at most once a minute)");
+        }
+    }
+}
+
+/// Does a batch: its records in one statement, then its claims in one transaction (again, if
+/// that transaction met a deadlock). Answers every job; returns the error that failed any part.
+async fn run(
+    connection: &mut PgConnection,
+    lanes: &Lanes,
+    batch: Vec<Work>,
+) -> Result<(), sqlx::Error> {
+    let mut claims = Vec::new();
+    let mut records = Vec::new();
+    for work in batch.into_iter().filter(|work| !work.abandoned()) {
+        match work {
+            Work::Claim(request, answer) => claims.push((request, answer)),
+            Work::Record(record, answer) => records.push((record, answer)),
+        }
+    }
+    metrics::histogram!("resetmail_worker_db_batch_jobs")
+        .record((claims.len() + records.len()) as f64);
+    let mut failed = None;
+    if !records.is_empty() {
+        let (sent, unsent): (Vec<_>, Vec<_>) = records.iter().map(|(record, _)| record).fold(
+            (Vec::new(), Vec::new()),
+            |(mut sent, mut unsent), record| {
+                match record {
+                    Record::Sent(email) => sent.push(email.clone()),
+                    Record::Unsent(email) => unsent.push(email.clone()),
+                }
+                (sent, unsent)
+            },
+        );
+        match claims::record(connection, lanes.token_ttl, &sent, &unsent).await {
+            Ok(recorded) => answer_records(records, Ok(&recorded)),
+            Err(error) => {
+                answer_records(records, Err(DbError(error.to_string())));
+                failed = Some(error);
+            }
+        }
+    }
+    if !claims.is_empty() && failed.is_none() {
+        let requests: Vec<ClaimRequest> =
+            claims.iter().map(|(request, _)| request.clone()).collect();
+        let mut tries = 0;
+        let result = loop {
+            tries += 1;
+            match claims::claim(connection, &lanes.accounts, &lanes.rules, &requests).await {
+                Err(sqlx::Error::Database(error))
+                    if tries < 3 && matches!(error.code().as_deref(), Some("40P01" | "40001")) => {}
+                other => break other,
+            }
+        };
+        match result {
+            Ok(answers) => {
+                for ((_, answer), claim) in claims.into_iter().zip(answers) {
+                    let _ = answer.send(Ok(claim));
+                }
+            }
+            Err(error) => {
+                for (_, answer) in claims {
+                    let _ = answer.send(Err(DbError(error.to_string())));
+                }
+                failed = Some(error);
+            }
+        }
+    } else if let Some(error) = &failed {
+        for (_, answer) in claims {
+            let _ = answer.send(Err(DbError(error.to_string())));
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+fn answer_records(
+    records: Vec<(Record, oneshot::Sender<Result<bool, DbError>>)>,
+    recorded: Result<&HashSet<uuid::Uuid>, DbError>,
+) {
+    for (record, answer) in records {
+        let _ = answer.send(
+            recorded
+                .as_ref()
+                .map(|recorded| recorded.contains(&record.job_id()))
+                .map_err(Clone::clone),
+        );
+    }
+}
