@@ -65,6 +65,78 @@ impl TestDb {
     }
 }
 
+/// A login role of the test's own on a [`TestDb`], allowed only a few connections at once
+/// (`CONNECTION LIMIT`), with every right on the database's tables; dropped when this value is.
+pub struct TestDbRole {
+    name: String,
+    database: String,
+    /// The database's configuration, connecting as this role.
+    pub config: DatabaseConfig,
+}
+
+impl TestDb {
+    /// A role that may hold at most `limit` connections at once.
+    pub async fn role_with_connection_limit(&self, limit: u32) -> TestDbRole {
+        let name = format!("resetmail_role_{}", Uuid::new_v4().simple());
+        let statements = [
+            format!("CREATE ROLE {name} LOGIN CONNECTION LIMIT {limit}"),
+            format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}"),
+            format!("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}"),
+            format!("GRANT ALL ON SCHEMA public TO {name}"),
+        ];
+        for statement in statements {
+            sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+                .execute(&self.pool)
+                .await
+                .unwrap_or_else(|error| panic!("{statement}: {error}"));
+        }
+        let mut config = self.config.clone();
+        config.url = format!(
+            "{}/{}",
+            server_url()
+                .trim_end_matches('/')
+                .replacen("postgres@", &format!("{name}@"), 1),
+            self.name
+        );
+        assert!(
+            config.url.contains(&name),
+            "cannot put the role in {}",
+            server_url()
+        );
+        TestDbRole {
+            name,
+            database: self.name.clone(),
+            config,
+        }
+    }
+}
+
+impl Drop for TestDbRole {
+    fn drop(&mut self) {
+        let (name, database) = (self.name.clone(), self.database.clone());
+        crate::run_to_completion(async move {
+            let server = server_url();
+            let server = server.trim_end_matches('/');
+            // Its rights in the test's database first: a role with rights cannot be dropped.
+            if let Ok(mut connection) = PgConnection::connect(&format!("{server}/{database}")).await
+            {
+                let drop = format!("DROP OWNED BY {name}");
+                let _ = sqlx::raw_sql(AssertSqlSafe(drop))
+                    .execute(&mut connection)
+                    .await;
+                let _ = connection.close().await;
+            }
+            if let Ok(mut connection) = PgConnection::connect(&format!("{server}/postgres")).await {
+                let drop = format!("DROP ROLE IF EXISTS {name}");
+                let _ = sqlx::raw_sql(AssertSqlSafe(drop))
+                    .execute(&mut connection)
+                    .await;
+                let _ = connection.close().await;
+            }
+        });
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         drop_database(self.name.clone());

@@ -82,12 +82,29 @@ struct Shared {
     connections: AtomicU32,
     /// Connections being served now.
     open: AtomicU32,
+    /// The most connections served at once.
+    peak_open: AtomicU32,
+    /// What a completed message waits for before its reply (see [`SmtpSink::hold`]).
+    gate: watch::Sender<Gate>,
+    /// Messages waiting at the gate now.
+    held: watch::Sender<u32>,
     /// Bumped to make every open connection close at once.
     hang_up: watch::Sender<u64>,
     /// The user name and password every session must give with `AUTH PLAIN`, when set.
     credentials: Mutex<Option<(String, String)>>,
     /// Sessions that authenticated with the right credentials.
     logins: AtomicU32,
+}
+
+/// Whether completed messages are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    /// At once.
+    Open,
+    /// Not yet: each waits, its client waiting for the reply.
+    Hold,
+    /// Never: each waiting message is dropped with its connection, unanswered and not received.
+    Drop,
 }
 
 /// The injected faults.
@@ -160,6 +177,9 @@ impl SmtpSink {
             attempts: AtomicU32::new(0),
             connections: AtomicU32::new(0),
             open: AtomicU32::new(0),
+            peak_open: AtomicU32::new(0),
+            gate: watch::Sender::new(Gate::Open),
+            held: watch::Sender::new(0),
             hang_up: watch::Sender::new(0),
             credentials: Mutex::new(None),
             logins: AtomicU32::new(0),
@@ -281,6 +301,55 @@ impl SmtpSink {
         self.shared.open.load(Ordering::SeqCst)
     }
 
+    /// The most connections open at once so far.
+    pub fn peak_connections(&self) -> u32 {
+        self.shared.peak_open.load(Ordering::SeqCst)
+    }
+
+    /// From now on each completed message waits for its reply (its client waiting in the end of
+    /// DATA, as with a slow relay) until [`SmtpSink::release`] or [`SmtpSink::drop_held`].
+    pub fn hold(&self) {
+        self.shared.gate.send_replace(Gate::Hold);
+    }
+
+    /// Answers the waiting messages (they are received) and every later one at once.
+    pub fn release(&self) {
+        self.shared.gate.send_replace(Gate::Open);
+    }
+
+    /// Drops the waiting messages with their connections, unanswered and not received, as a relay
+    /// that never accepted them; later messages are answered at once.
+    pub fn drop_held(&self) {
+        self.shared.gate.send_replace(Gate::Drop);
+        // Back to open once every waiting message has seen the order.
+        let mut held = self.shared.held.subscribe();
+        let gate = self.shared.gate.clone();
+        tokio::spawn(async move {
+            let _ = held.wait_for(|n| *n == 0).await;
+            gate.send_if_modified(|state| {
+                let dropping = *state == Gate::Drop;
+                if dropping {
+                    *state = Gate::Open;
+                }
+                dropping
+            });
+        });
+    }
+
+    /// Waits until `n` messages wait at the gate of [`SmtpSink::hold`]; panics after `within`.
+    pub async fn wait_held(&self, n: u32, within: Duration) {
+        let mut held = self.shared.held.subscribe();
+        if tokio::time::timeout(within, held.wait_for(|held| *held >= n))
+            .await
+            .is_err()
+        {
+            panic!(
+                "SMTP sink: {} of {n} messages held after {within:?}",
+                *held.borrow()
+            );
+        }
+    }
+
     /// Closes every open connection without a word, as a server does with idle clients; wait
     /// for [`SmtpSink::open_connections`] to reach 0 to know it is done.
     pub fn hang_up_all(&self) {
@@ -393,7 +462,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     shared.connections.fetch_add(1, Ordering::SeqCst);
-                    shared.open.fetch_add(1, Ordering::SeqCst);
+                    let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+                    shared.peak_open.fetch_max(open, Ordering::SeqCst);
                     connections.spawn(serve(stream, Arc::clone(&shared)));
                 }
                 // Typically too many open files: back off a little instead of spinning.
@@ -652,6 +722,18 @@ impl<'a> Session<'a> {
             self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
                 .await?;
             return Ok(Next::Continue);
+        }
+        if *self.shared.gate.borrow() != Gate::Open {
+            self.shared.held.send_modify(|held| *held += 1);
+            let mut gate = self.shared.gate.subscribe();
+            let passed = gate
+                .wait_for(|gate| *gate != Gate::Hold)
+                .await
+                .map(|gate| *gate);
+            self.shared.held.send_modify(|held| *held -= 1);
+            if !matches!(passed, Ok(Gate::Open)) {
+                return Ok(Next::Close);
+            }
         }
         let failure = self.shared.faults().data_failures.pop_front();
         if let Some(reply) = failure {

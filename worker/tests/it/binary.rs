@@ -20,7 +20,7 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_resetmail-worker");
 
 /// The environment of a worker on the test's database, broker prefix and SMTP server, serving its
 /// HTTP port on any free port.
-fn environment(
+pub(crate) fn environment(
     database: &DatabaseConfig,
     broker: &TestBroker,
     sink: &SmtpSink,
@@ -44,7 +44,7 @@ fn environment(
 }
 
 /// Queues a reset job for each address, as the api does.
-async fn queue_jobs(broker: &TestBroker, addresses: &[String]) -> Vec<Uuid> {
+pub(crate) async fn queue_jobs(broker: &TestBroker, addresses: &[String]) -> Vec<Uuid> {
     let mut ids = Vec::new();
     for address in addresses {
         let job = PasswordResetJob {
@@ -65,7 +65,7 @@ async fn queue_jobs(broker: &TestBroker, addresses: &[String]) -> Vec<Uuid> {
 }
 
 /// `addresses.len()` active accounts.
-async fn accounts(db: &TestDb, n: usize) -> Vec<String> {
+pub(crate) async fn accounts(db: &TestDb, n: usize) -> Vec<String> {
     let mut addresses = Vec::new();
     for i in 0..n {
         let address = format!("user{i}@example.com");
@@ -77,7 +77,7 @@ async fn accounts(db: &TestDb, n: usize) -> Vec<String> {
 }
 
 /// The address the worker's HTTP port listens on, read from its start-up line.
-async fn http_addr(worker: &Process) -> String {
+pub(crate) async fn http_addr(worker: &Process) -> String {
     let line = worker
         .wait_for_line("saying where /healthz is served", PATIENCE, |line| {
             line.contains("serving /healthz")

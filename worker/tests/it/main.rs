@@ -3,3 +3,4 @@
 
 mod binary;
 mod dlq_memory;
+mod leases;
