@@ -3,13 +3,14 @@
 use axum::{Json, extract::State};
 
 use crate::{
-    AppState, captcha::CaptchaError, captcha::graphic::Issued, envelope::Envelope, error::ApiError,
+    AppState, captcha::CaptchaError, captcha::graphic::Issued, envelope::DataEnvelope,
+    error::ApiError,
 };
 
 /// Draws a captcha: `{"code":0,"data":{"image":"data:image/png;base64,…","ticket":"…"},"msg":""}`.
 pub async fn get_captcha(
     State(state): State<AppState>,
-) -> Result<Json<Envelope<Issued>>, ApiError> {
+) -> Result<Json<DataEnvelope<Issued>>, ApiError> {
     let issued = state
         .captcha()
         .graphic
@@ -21,11 +22,5 @@ pub async fn get_captcha(
             }
             other => ApiError::Internal(other.to_string()),
         })?;
-    Ok(Json(Envelope {
-        code: 0,
-        msg: String::new(),
-        data: Some(issued),
-        error: None,
-        correlation_id: None,
-    }))
+    Ok(Json(DataEnvelope::ok(issued)))
 }

@@ -18,10 +18,21 @@ use resetmail_shared::{
 };
 use uuid::Uuid;
 
-use crate::{AppState, envelope::Envelope, error::ApiError, extract::Json, password};
+use crate::{AppState, envelope::DataEnvelope, error::ApiError, extract::Json, password};
 
 /// Shortest and longest password accepted, in characters.
 pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 6..=128;
+
+/// The link's id is not one this api writes (Cloudreve's answer to a bad object id).
+const BAD_LINK_ID: ApiError = ApiError::Invalid("Failed to parse object ID");
+/// No password was given.
+const PASSWORD_EMPTY: ApiError = ApiError::Invalid("Password cannot be empty");
+/// The password is shorter than [`PASSWORD_CHARS`].
+const PASSWORD_SHORT: ApiError = ApiError::Invalid("Password too short");
+/// The password is longer than [`PASSWORD_CHARS`].
+const PASSWORD_LONG: ApiError = ApiError::Invalid("Password too long");
+/// No secret was given.
+const SECRET_EMPTY: ApiError = ApiError::Invalid("Secret cannot be empty");
 
 /// The body Cloudreve's frontend sends from the reset page.
 #[derive(serde::Deserialize)]
@@ -48,22 +59,22 @@ pub async fn redeem_reset(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Json(request): Json<RedeemRequest>,
-) -> Result<JsonResponse<Envelope<ResetUser>>, ApiError> {
+) -> Result<JsonResponse<DataEnvelope<ResetUser>>, ApiError> {
     let account = LinkAccount::parse(&state.accounts, &id)?;
     let password = request.password.unwrap_or_default();
     let length = password.chars().count();
     if length == 0 {
-        return Err(ApiError::Invalid("Password cannot be empty"));
+        return Err(PASSWORD_EMPTY);
     }
     if length < *PASSWORD_CHARS.start() {
-        return Err(ApiError::Invalid("Password too short"));
+        return Err(PASSWORD_SHORT);
     }
     if length > *PASSWORD_CHARS.end() {
-        return Err(ApiError::Invalid("Password too long"));
+        return Err(PASSWORD_LONG);
     }
     let secret = request.secret.unwrap_or_default();
     if secret.is_empty() {
-        return Err(ApiError::Invalid("Secret cannot be empty"));
+        return Err(SECRET_EMPTY);
     }
 
     // Hashed before the link is checked: every well-formed attempt costs the same (the wait for a
@@ -104,17 +115,11 @@ pub async fn redeem_reset(
         .map_err(internal)?;
     tx.commit().await.map_err(internal)?;
     tracing::info!(user.link_id = %id, tokens.revoked = revoked, "password reset by link");
-    Ok(JsonResponse(Envelope {
-        code: 0,
-        msg: String::new(),
-        data: Some(ResetUser {
-            id,
-            email,
-            nickname,
-        }),
-        error: None,
-        correlation_id: None,
-    }))
+    Ok(JsonResponse(DataEnvelope::ok(ResetUser {
+        id,
+        email,
+        nickname,
+    })))
 }
 
 /// The account a link's id names.
@@ -129,15 +134,16 @@ enum LinkAccount {
 impl LinkAccount {
     /// Reads `id` as `accounts` write it; an id that is not one is refused as Cloudreve refuses it.
     fn parse(accounts: &Accounts, id: &str) -> Result<Self, ApiError> {
-        let refused = ApiError::Invalid("Failed to parse object ID");
         match accounts {
-            Accounts::Builtin => Uuid::try_parse(id).map(Self::Builtin).map_err(|_| refused),
+            Accounts::Builtin => Uuid::try_parse(id)
+                .map(Self::Builtin)
+                .map_err(|_| BAD_LINK_ID),
             Accounts::Cloudreve(ids) => ids
                 .decode(id, ObjectKind::User)
                 .ok()
                 .and_then(|user_id| i64::try_from(user_id).ok())
                 .map(Self::Cloudreve)
-                .ok_or(refused),
+                .ok_or(BAD_LINK_ID),
         }
     }
 }

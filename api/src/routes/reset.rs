@@ -34,7 +34,7 @@ pub struct ResetRequest {
 pub async fn send_reset(
     State(state): State<AppState>,
     Json(request): Json<ResetRequest>,
-) -> Result<JsonResponse<Envelope<()>>, ApiError> {
+) -> Result<JsonResponse<Envelope>, ApiError> {
     let email =
         EmailAddress::parse(request.email.as_deref().unwrap_or_default()).map_err(|error| {
             match error {
