@@ -1,11 +1,12 @@
 //! The JSON envelope of every answer, Cloudreve's `{code, msg, data?, error?, correlation_id?}`:
 //! [`Envelope`] without a payload (a failure, or a success that carries none) and [`DataEnvelope`] with
-//! one.
+//! one. Both describe themselves to the API document (`GET {base}/openapi.json`).
 
 use uuid::Uuid;
 
 /// Cloudreve's answer without a payload: every failure, and a success that carries no data.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"code": 0, "msg": ""}))]
 pub struct Envelope {
     /// 0 on success, a Cloudreve code otherwise.
     pub code: i32,
@@ -32,7 +33,7 @@ impl Envelope {
 }
 
 /// Cloudreve's answer to a success that carries a payload: `{"code":0,"msg":"","data":…}`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DataEnvelope<T> {
     /// Always 0: a success.
     pub code: i32,

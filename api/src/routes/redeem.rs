@@ -4,6 +4,8 @@
 //! every other outstanding token of the account revoked. A wrong, expired, used or revoked link all
 //! get the same answer.
 
+use std::collections::BTreeMap;
+
 use axum::{
     Json as JsonResponse,
     extract::{Path, State},
@@ -16,9 +18,13 @@ use resetmail_shared::{
     hashid::ObjectKind,
     token::hash_secret,
 };
+use utoipa::{
+    PartialSchema as _,
+    openapi::{RefOr, response::Response},
+};
 use uuid::Uuid;
 
-use crate::{AppState, envelope::DataEnvelope, error::ApiError, extract::Json, password};
+use crate::{AppState, envelope::DataEnvelope, error::ApiError, extract::Json, openapi, password};
 
 /// Shortest and longest password accepted, in characters.
 pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 6..=128;
@@ -35,26 +41,71 @@ const PASSWORD_LONG: ApiError = ApiError::Invalid("Password too long");
 const SECRET_EMPTY: ApiError = ApiError::Invalid("Secret cannot be empty");
 
 /// The body Cloudreve's frontend sends from the reset page.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct RedeemRequest {
+    /// The new password, 6 to 128 characters.
+    // Read as optional, as the email of a reset request is: a missing one gets Cloudreve's answer.
     #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 6, max_length = 128)]
     password: Option<String>,
+    /// The `secret` of the reset link.
     #[serde(default)]
+    #[schema(value_type = String, required = true)]
     secret: Option<String>,
 }
 
 /// The account, as Cloudreve's frontend reads it after a reset (it signs in with `email`).
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ResetUser {
     /// The account's id, as in the link.
     pub id: String,
     /// The account's address.
+    #[schema(format = Email)]
     pub email: String,
     /// Its display name (empty when it has none).
     pub nickname: String,
 }
 
+/// `PATCH /user/reset/{id}`'s answers in the API document: the account, or a failure.
+pub struct RedeemAnswers;
+
+impl utoipa::IntoResponses for RedeemAnswers {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let refusals = [
+            BAD_LINK_ID,
+            PASSWORD_EMPTY,
+            PASSWORD_SHORT,
+            PASSWORD_LONG,
+            SECRET_EMPTY,
+            ApiError::LinkExpired,
+        ];
+        openapi::answers(
+            "The password is set and the link spent",
+            DataEnvelope::<ResetUser>::schema(),
+            DataEnvelope::ok(ResetUser {
+                id: "9b2f4e0c-51c4-4a51-8f3e-2a1c5d7e9f00".to_owned(),
+                email: "jane@example.com".to_owned(),
+                nickname: "Jane".to_owned(),
+            }),
+            openapi::body_failures()
+                .into_iter()
+                .chain(refusals)
+                .chain(openapi::every_route_failures()),
+        )
+    }
+}
+
 /// Sets a new password with the secret from a reset link.
+///
+/// A wrong, expired, used or revoked link gets one answer, `40030`. Every other link of the
+/// account is revoked.
+#[utoipa::path(
+    patch,
+    path = "/user/reset/{id}",
+    tag = "User",
+    params(("id", description = "The account's id, as in the reset link")),
+    responses(RedeemAnswers)
+)]
 pub async fn redeem_reset(
     State(state): State<AppState>,
     Path(id): Path<String>,
