@@ -98,6 +98,19 @@ impl ApiError {
         }
     }
 
+    /// The answer's body: the code and message, the detail in debug mode, the request's correlation id.
+    pub fn envelope(&self) -> Envelope {
+        Envelope {
+            code: self.code(),
+            msg: self.to_string(),
+            error: self
+                .detail()
+                .filter(|_| correlation::debug_enabled())
+                .map(str::to_owned),
+            correlation_id: correlation::current(),
+        }
+    }
+
     fn detail(&self) -> Option<&str> {
         match self {
             Self::Parameter(detail)
@@ -124,17 +137,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(code = self.code(), error = self.detail(), "request refused");
         }
-        let body = Envelope::<()> {
-            code: self.code(),
-            msg: self.to_string(),
-            data: None,
-            error: self
-                .detail()
-                .filter(|_| correlation::debug_enabled())
-                .map(str::to_owned),
-            correlation_id: correlation::current(),
-        };
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (status, Json(self.envelope())).into_response();
         response.extensions_mut().insert(EnvelopeCode(self.code()));
         if let Self::RateLimited(seconds) = self
             && let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string())

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod openapi;
 pub mod password;
 pub mod publisher;
 pub mod rate_limit;
@@ -71,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/user/reset", post(routes::reset::send_reset))
         .route("/user/reset/{id}", patch(routes::redeem::redeem_reset))
         .route("/site/captcha", get(routes::captcha::get_captcha))
+        .route("/openapi.json", get(routes::openapi::get_openapi))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit,

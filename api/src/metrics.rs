@@ -11,7 +11,12 @@ use axum::{
 use crate::{AppState, publisher::PublishError};
 
 /// The api's routes under the base path, as `route` labels read.
-const API_ROUTES: [&str; 3] = ["/user/reset", "/user/reset/{id}", "/site/captcha"];
+const API_ROUTES: [&str; 4] = [
+    "/user/reset",
+    "/user/reset/{id}",
+    "/site/captcha",
+    "/openapi.json",
+];
 
 /// Describes every series of the api and makes it present at zero, so that `rate()` and `increase()` see
 /// it from the start rather than from its first event. Call once the recorder is installed.

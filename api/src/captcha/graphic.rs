@@ -73,7 +73,7 @@ impl std::fmt::Debug for CaptchaSecret {
 }
 
 /// A captcha to show: its ticket and its image as a `data:` URI.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Issued {
     /// The image, `data:image/png;base64,…`.
     pub image: String,

@@ -2,5 +2,6 @@
 
 pub mod captcha;
 pub mod health;
+pub mod openapi;
 pub mod redeem;
 pub mod reset;
