@@ -46,6 +46,10 @@ pub fn init(config: &LogConfig) {
             )
             .init(),
     }
+    // Says, when trace events are on, that they are, and what they leave out.
+    tracing::trace!(
+        "trace events are logged, but lapin's and amq-protocol's stop at debug: theirs carry credentials"
+    );
 }
 
 /// A filter (global, like `RUST_LOG`'s: both must let an event through) that passes everything
