@@ -50,6 +50,7 @@ impl Worker {
             return JobOutcome::Pause(Failure::new("no randomness from the operating system"));
         };
         let lease_id = Uuid::new_v4();
+        let mut waited = false;
         let (user, slot) = loop {
             // The lease starts once a connection is free, so that it need only outlast a send.
             let slot = site.mailer.slot().await;
@@ -68,7 +69,9 @@ impl Worker {
                 Ok(Claim::Send(user)) => break (user, slot),
                 Ok(Claim::Busy) => {
                     drop(slot);
-                    tracing::info!("another delivery of this job holds its lease; waiting");
+                    if !std::mem::replace(&mut waited, true) {
+                        tracing::info!("another delivery of this job holds its lease; waiting");
+                    }
                     tokio::select! {
                         () = stopping.cancelled() => {
                             return JobOutcome::Requeue(Failure::new(
