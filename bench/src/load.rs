@@ -102,11 +102,14 @@ pub async fn closed_loop<C: Client>(
     Figures::from_latencies(latencies, failed, window)
 }
 
-/// A kept-alive HTTP/1.1 connection to the api that asks for reset emails.
+/// The api's route that asks for a reset email.
+const RESET_PATH: &str = "/api/v4/user/reset";
+
+/// A kept-alive HTTP/1.1 connection to the api that asks for reset emails (or to any of
+/// resetmail's HTTP ports, for [`HttpClient::get`]).
 pub struct HttpClient {
     sender: SendRequest<Full<Bytes>>,
     host: String,
-    path: String,
     /// Addresses for the closed loop: `{prefix}{n}@bench.example`.
     prefix: String,
     next: Arc<AtomicUsize>,
@@ -126,7 +129,6 @@ impl HttpClient {
         Ok(Self {
             sender,
             host: addr.to_string(),
-            path: "/api/v4/user/reset".into(),
             prefix: prefix.into(),
             next,
         })
@@ -135,27 +137,44 @@ impl HttpClient {
     /// Asks for a reset email to `email`; true when the answer is HTTP 200 with code 0.
     pub async fn reset(&mut self, email: &str) -> bool {
         let body = serde_json::json!({ "email": email }).to_string();
-        let Ok(request) = Request::post(&self.path)
-            .header("host", &self.host)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-        else {
+        let Some((status, body)) = self.exchange("POST", RESET_PATH, Some(body)).await else {
             return false;
         };
-        if self.sender.ready().await.is_err() {
-            return false;
-        }
-        let Ok(response) = self.sender.send_request(request).await else {
-            return false;
-        };
-        let ok_status = response.status().is_success();
-        let Ok(body) = response.into_body().collect().await else {
-            return false;
-        };
-        let code = serde_json::from_slice::<serde_json::Value>(&body.to_bytes())
+        let code = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|answer| answer.get("code").and_then(serde_json::Value::as_i64));
-        ok_status && code == Some(0)
+        status.is_success() && code == Some(0)
+    }
+
+    /// `GET path`: the answer's status, or `None` when the exchange failed.
+    pub async fn get(&mut self, path: &str) -> Option<hyper::StatusCode> {
+        self.exchange("GET", path, None)
+            .await
+            .map(|(status, _)| status)
+    }
+
+    /// One request on the kept-alive connection (a JSON body when there is one), and its answer.
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Option<(hyper::StatusCode, Bytes)> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host);
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .ok()?;
+        self.sender.ready().await.ok()?;
+        let response = self.sender.send_request(request).await.ok()?;
+        let status = response.status();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, body))
     }
 }
 

@@ -1,0 +1,342 @@
+//! The worker phases: one worker process per run, on jobs queued beforehand, into the sink
+//! answering after a chosen delay (a relay's latency); and the end-to-end run through the api.
+//! Every run has a time limit, so a worker that crawls or stalls is reported, not waited for.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    load,
+    pg_monitor::{PgPeak, PgWatch},
+    procfs::{self, MachineCpu, Owners, PartsCpu},
+    run::{self, Run},
+    sink::{Sink, SinkCounts},
+};
+
+/// Sends in flight in the memory run ([`Settings::THOUSAND_IN_FLIGHT`]).
+pub const IN_FLIGHT: usize = 1000;
+
+/// The worker's settings for a run; `None` leaves the worker's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// `RESETMAIL_CONCURRENCY`: jobs in flight, also the broker prefetch.
+    pub concurrency: Option<u32>,
+    /// `RESETMAIL_SMTP_CONNECTIONS`: the most SMTP connections to the relay.
+    pub smtp_connections: Option<u32>,
+    /// `RESETMAIL_DB_POOL_SIZE`: PostgreSQL connections.
+    pub db_pool_size: Option<u32>,
+}
+
+impl Settings {
+    /// The worker as shipped.
+    pub const DEFAULT: Self = Self {
+        concurrency: None,
+        smtp_connections: None,
+        db_pool_size: None,
+    };
+
+    /// Enough jobs in flight to keep 512 SMTP connections busy behind a slow relay, on the default
+    /// database pool.
+    pub const RELAY: Self = Self {
+        concurrency: Some(1024),
+        smtp_connections: Some(512),
+        db_pool_size: Some(10),
+    };
+
+    /// [`IN_FLIGHT`] sends in flight at once, for the worker's memory.
+    pub const THOUSAND_IN_FLIGHT: Self = Self {
+        concurrency: Some(IN_FLIGHT as u32),
+        smtp_connections: Some(IN_FLIGHT as u32),
+        db_pool_size: None,
+    };
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        [
+            ("RESETMAIL_CONCURRENCY", self.concurrency),
+            ("RESETMAIL_SMTP_CONNECTIONS", self.smtp_connections),
+            ("RESETMAIL_DB_POOL_SIZE", self.db_pool_size),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?.to_string())))
+        .collect()
+    }
+
+    /// How the report names these settings.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = [
+            ("concurrency", self.concurrency),
+            ("SMTP connections", self.smtp_connections),
+            ("DB pool", self.db_pool_size),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some(format!("{name} {}", value?)))
+        .collect();
+        if parts.is_empty() {
+            "defaults".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// One worker run: `jobs` jobs for fresh accounts `{prefix}…`, the sink answering after
+/// `relay_delay`.
+pub struct Plan {
+    pub settings: Settings,
+    pub relay_delay: Duration,
+    pub jobs: usize,
+    pub prefix: &'static str,
+    /// The worker's log file in the log directory, without `.log`.
+    pub log: &'static str,
+}
+
+/// What one worker run measured.
+pub struct WorkerRun {
+    pub settings: Settings,
+    pub relay_delay: Duration,
+    pub jobs: usize,
+    /// Emails the sink accepted before the time limit.
+    pub accepted: usize,
+    /// Whether every job's email arrived within the time limit.
+    pub finished: bool,
+    /// Whether the worker ended by itself before that.
+    pub exited: bool,
+    /// From the worker's start to the last email, or to the time limit.
+    pub elapsed: Duration,
+    /// Emails per second: from the sink's first accept to its last when the run finished, else
+    /// what was accepted over `elapsed`.
+    pub rate: f64,
+    /// PostgreSQL connections the worker held, at the busiest sample.
+    pub pg: PgPeak,
+    /// The sink's connections and messages awaiting their answer.
+    pub smtp: SinkCounts,
+    /// CPU ms per email by part, while the worker ran.
+    pub cpu: PartsCpu,
+    /// CPU ms per email of the busiest programs, while the worker ran.
+    pub busiest: Vec<(String, f64)>,
+    /// The worker process's own CPU ms per email, start-up included.
+    pub worker_cpu_ms: f64,
+    /// The share of the machine's CPU time that was busy while the worker ran (0–1).
+    pub machine_busy: f64,
+    /// The worker's peak RSS, MB.
+    pub rss_mb: f64,
+}
+
+impl WorkerRun {
+    /// "did not finish: N of M after T s", or nothing when it finished.
+    pub fn unfinished(&self) -> Option<String> {
+        (!self.finished).then(|| {
+            format!(
+                "did not finish: {} of {} after {:.0} s{}",
+                self.accepted,
+                self.jobs,
+                self.elapsed.as_secs_f64(),
+                if self.exited {
+                    " (the worker exited: see its log)"
+                } else {
+                    ""
+                }
+            )
+        })
+    }
+}
+
+/// Queues `plan.jobs` jobs, starts a worker with `plan.settings`, and measures it until every email
+/// arrived or `limit` passed; then stops the worker and empties the queues.
+pub async fn run_worker(
+    run: &mut Run,
+    sink: &Sink,
+    plan: &Plan,
+    limit: Duration,
+) -> anyhow::Result<WorkerRun> {
+    run::seed_accounts(&run.pool, plan.prefix, plan.jobs).await?;
+    load::publish_jobs(
+        &run.channel,
+        &run.topology,
+        run::emails(plan.prefix, plan.jobs),
+    )
+    .await?;
+    sink.reset();
+    sink.set_delay(plan.relay_delay);
+    let watch = PgWatch::open(&run.database_url).await?;
+    let machine_before = MachineCpu::now()?;
+    let cpu_before = procfs::cpu_snapshot();
+    let started = Instant::now();
+    let mut env = plan.settings.env();
+    env.extend([
+        ("RESETMAIL_SMTP_URL", sink.url()),
+        ("RESETMAIL_WORKER_HTTP_ADDR", "off".into()),
+    ]);
+    let pid = run.spawn("resetmail-worker", &format!("{}.log", plan.log), &env)?;
+    let monitor = watch.watch(pid);
+    let deadline = started + limit;
+    let (finished, exited) = loop {
+        let slice = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1));
+        if sink.wait_for(plan.jobs, slice).await.is_ok() {
+            break (true, false);
+        }
+        let exited = run.has_exited(pid);
+        if exited || Instant::now() >= deadline {
+            break (false, exited);
+        }
+    };
+    let elapsed = started.elapsed();
+    let cpu_after = procfs::cpu_snapshot();
+    let machine_busy = MachineCpu::now()?.busy_since(&machine_before);
+    let (pg, not_ours) = monitor.stop().await;
+    let owners = Owners {
+        resetmail: run.pids(),
+        bench: std::process::id(),
+        not_ours,
+    };
+    let smtp = sink.counts();
+    let accepted = sink.accepted();
+    let worker_cpu = procfs::process_cpu_seconds(pid).unwrap_or(0.0);
+    let rss_mb = procfs::peak_rss_mb(pid).unwrap_or(0.0);
+    run.stop(pid).await;
+    run.purge_all().await?;
+    sink.set_delay(Duration::ZERO);
+    let rate = match (finished, sink.rate()) {
+        (true, Some(rate)) => rate,
+        _ => accepted as f64 / elapsed.as_secs_f64(),
+    };
+    let units = accepted.max(1);
+    let figures = WorkerRun {
+        settings: plan.settings,
+        relay_delay: plan.relay_delay,
+        jobs: plan.jobs,
+        accepted,
+        finished,
+        exited,
+        elapsed,
+        rate,
+        pg,
+        smtp,
+        cpu: PartsCpu::between(&cpu_before, &cpu_after, units, &owners),
+        busiest: procfs::cpu_split(
+            &procfs::by_program(&cpu_before),
+            &procfs::by_program(&cpu_after),
+            units,
+        ),
+        worker_cpu_ms: worker_cpu * 1000.0 / units as f64,
+        machine_busy,
+        rss_mb,
+    };
+    eprintln!(
+        "worker ({}), sink delay {} ms: {:.0} emails/s, {} PostgreSQL connections, {} SMTP \
+         connections at the peak{}",
+        plan.settings.describe(),
+        plan.relay_delay.as_millis(),
+        figures.rate,
+        pg.open,
+        smtp.peak_connections,
+        figures
+            .unfinished()
+            .map(|text| format!("; {text}"))
+            .unwrap_or_default()
+    );
+    Ok(figures)
+}
+
+/// The end-to-end run's figures.
+pub struct EndToEnd {
+    /// The worker's settings.
+    pub settings: Settings,
+    /// The api's best req/s and the worker's 0 ms emails/s at `settings`: the rate is half the
+    /// lower.
+    pub api_peak: f64,
+    pub worker_rate: f64,
+    pub rate: f64,
+    pub requests: usize,
+    pub failed: usize,
+    pub missing: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Requests for fresh accounts at half of min(`api_peak`, `worker_rate`) for `seconds`, open loop,
+/// through the api at `api` and a fresh worker with `settings`; each latency runs from when its
+/// request was due to the sink's `250` for its recipient.
+pub async fn end_to_end(
+    run: &mut Run,
+    sink: &Sink,
+    api: SocketAddr,
+    (settings, worker_rate): (Settings, f64),
+    api_peak: f64,
+    seconds: f64,
+    limit: Duration,
+) -> anyhow::Result<EndToEnd> {
+    let rate = (api_peak.min(worker_rate) / 2.0).max(1.0);
+    let requests = (rate * seconds).ceil() as usize;
+    eprintln!(
+        "end to end: {requests} requests at {rate:.0}/s, worker ({})",
+        settings.describe()
+    );
+    run::seed_accounts(&run.pool, "e", requests).await?;
+    sink.reset();
+    let health = run::free_port()?;
+    let mut env = settings.env();
+    env.extend([
+        ("RESETMAIL_SMTP_URL", sink.url()),
+        ("RESETMAIL_WORKER_HTTP_ADDR", health.to_string()),
+    ]);
+    let pid = run.spawn("resetmail-worker", "worker-e2e.log", &env)?;
+    run::wait_until_ready(health).await?;
+    let clients = run::http_clients(api, 64, "unused").await?;
+    let (start, failed) = load::open_loop(clients, "e", rate, requests).await;
+    if let Err(error) = sink.wait_for(requests - failed, limit).await {
+        eprintln!("{error}");
+    }
+    run.stop(pid).await;
+    run.purge_all().await?;
+    let mut latencies = Vec::with_capacity(requests);
+    let mut missing = 0;
+    for i in 0..requests {
+        match sink.accepted_at(&format!("e{i}@bench.example")) {
+            Some(at) => latencies.push(at.saturating_duration_since(load::due(start, rate, i))),
+            None => missing += 1,
+        }
+    }
+    latencies.sort_unstable();
+    Ok(EndToEnd {
+        settings,
+        api_peak,
+        worker_rate,
+        rate,
+        requests,
+        failed,
+        missing,
+        p50_ms: load::percentile_ms(&latencies, 0.50),
+        p99_ms: load::percentile_ms(&latencies, 0.99),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_settings_given_reach_the_worker() {
+        assert!(Settings::DEFAULT.env().is_empty());
+        assert_eq!(
+            Settings::THOUSAND_IN_FLIGHT.env(),
+            [
+                ("RESETMAIL_CONCURRENCY", "1000".to_owned()),
+                ("RESETMAIL_SMTP_CONNECTIONS", "1000".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn settings_read_as_the_report_names_them() {
+        assert_eq!(Settings::DEFAULT.describe(), "defaults");
+        assert_eq!(
+            Settings::RELAY.describe(),
+            "concurrency 1024, SMTP connections 512, DB pool 10"
+        );
+    }
+}
