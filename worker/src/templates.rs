@@ -1,5 +1,6 @@
-//! The reset email's templates: Handlebars, one folder per language, HTML escaped and text not,
-//! strict mode, all compiled and test-rendered at start-up so a broken template stops the worker.
+//! The emails' templates: the reset email, and the notice sent instead when a reset is asked for an
+//! address that has no account. Handlebars, one folder per email and language, HTML escaped and text
+//! not, strict mode, all compiled and test-rendered at start-up so a broken template stops the worker.
 
 use std::{
     collections::BTreeMap,
@@ -13,113 +14,38 @@ use handlebars::Handlebars;
 /// The three parts of one language's email.
 const PARTS: [&str; 3] = ["subject.hbs", "body.html.hbs", "body.txt.hbs"];
 
+/// The shipped templates of one email (`reset` or `notice`): every language Cloudreve's frontend
+/// offers, each as its three parts in the order of [`PARTS`].
+macro_rules! shipped {
+    ($email:literal) => {
+        shipped!($email: "en-US", "zh-CN", "zh-TW", "ja-JP", "ru-RU", "de-DE", "fr-FR", "es-ES",
+            "pt-BR", "it-IT", "ko-KR", "pl-PL", "ar-AR")
+    };
+    ($email:literal: $($lang:literal),+) => {
+        [$((
+            $lang,
+            [
+                include_str!(concat!("../templates/", $email, "/", $lang, "/subject.hbs")),
+                include_str!(concat!("../templates/", $email, "/", $lang, "/body.html.hbs")),
+                include_str!(concat!("../templates/", $email, "/", $lang, "/body.txt.hbs")),
+            ],
+        )),+]
+    };
+}
+
 /// Templates shipped with resetmail: every language Cloudreve's frontend offers.
-const BUILTIN: [(&str, [&str; 3]); 13] = [
-    (
-        "en-US",
-        [
-            include_str!("../templates/reset/en-US/subject.hbs"),
-            include_str!("../templates/reset/en-US/body.html.hbs"),
-            include_str!("../templates/reset/en-US/body.txt.hbs"),
-        ],
-    ),
-    (
-        "zh-CN",
-        [
-            include_str!("../templates/reset/zh-CN/subject.hbs"),
-            include_str!("../templates/reset/zh-CN/body.html.hbs"),
-            include_str!("../templates/reset/zh-CN/body.txt.hbs"),
-        ],
-    ),
-    (
-        "zh-TW",
-        [
-            include_str!("../templates/reset/zh-TW/subject.hbs"),
-            include_str!("../templates/reset/zh-TW/body.html.hbs"),
-            include_str!("../templates/reset/zh-TW/body.txt.hbs"),
-        ],
-    ),
-    (
-        "ja-JP",
-        [
-            include_str!("../templates/reset/ja-JP/subject.hbs"),
-            include_str!("../templates/reset/ja-JP/body.html.hbs"),
-            include_str!("../templates/reset/ja-JP/body.txt.hbs"),
-        ],
-    ),
-    (
-        "ru-RU",
-        [
-            include_str!("../templates/reset/ru-RU/subject.hbs"),
-            include_str!("../templates/reset/ru-RU/body.html.hbs"),
-            include_str!("../templates/reset/ru-RU/body.txt.hbs"),
-        ],
-    ),
-    (
-        "de-DE",
-        [
-            include_str!("../templates/reset/de-DE/subject.hbs"),
-            include_str!("../templates/reset/de-DE/body.html.hbs"),
-            include_str!("../templates/reset/de-DE/body.txt.hbs"),
-        ],
-    ),
-    (
-        "fr-FR",
-        [
-            include_str!("../templates/reset/fr-FR/subject.hbs"),
-            include_str!("../templates/reset/fr-FR/body.html.hbs"),
-            include_str!("../templates/reset/fr-FR/body.txt.hbs"),
-        ],
-    ),
-    (
-        "es-ES",
-        [
-            include_str!("../templates/reset/es-ES/subject.hbs"),
-            include_str!("../templates/reset/es-ES/body.html.hbs"),
-            include_str!("../templates/reset/es-ES/body.txt.hbs"),
-        ],
-    ),
-    (
-        "pt-BR",
-        [
-            include_str!("../templates/reset/pt-BR/subject.hbs"),
-            include_str!("../templates/reset/pt-BR/body.html.hbs"),
-            include_str!("../templates/reset/pt-BR/body.txt.hbs"),
-        ],
-    ),
-    (
-        "it-IT",
-        [
-            include_str!("../templates/reset/it-IT/subject.hbs"),
-            include_str!("../templates/reset/it-IT/body.html.hbs"),
-            include_str!("../templates/reset/it-IT/body.txt.hbs"),
-        ],
-    ),
-    (
-        "ko-KR",
-        [
-            include_str!("../templates/reset/ko-KR/subject.hbs"),
-            include_str!("../templates/reset/ko-KR/body.html.hbs"),
-            include_str!("../templates/reset/ko-KR/body.txt.hbs"),
-        ],
-    ),
-    (
-        "pl-PL",
-        [
-            include_str!("../templates/reset/pl-PL/subject.hbs"),
-            include_str!("../templates/reset/pl-PL/body.html.hbs"),
-            include_str!("../templates/reset/pl-PL/body.txt.hbs"),
-        ],
-    ),
-    (
-        "ar-AR",
-        [
-            include_str!("../templates/reset/ar-AR/subject.hbs"),
-            include_str!("../templates/reset/ar-AR/body.html.hbs"),
-            include_str!("../templates/reset/ar-AR/body.txt.hbs"),
-        ],
-    ),
-];
+const BUILTIN: [(&str, [&str; 3]); 13] = shipped!("reset");
+
+/// The shipped notices, in the same languages.
+const NOTICE_BUILTIN: [(&str, [&str; 3]); 13] = shipped!("notice");
+
+/// The folder, and the prefix of the compiled templates' names, of each email.
+const RESET: &str = "reset";
+const NOTICE: &str = "notice";
+
+/// The notice used when neither the wanted language nor the default one has a notice: a shipped
+/// language, and an override can replace a shipped notice but never remove it.
+const LAST_RESORT_NOTICE: &str = "en-US";
 
 /// One language's parts (subject, HTML, text), each as (where it came from, its source).
 type PartSources = [(String, String); 3];
@@ -141,6 +67,20 @@ pub struct ResetEmailContext {
     pub valid_for: String,
 }
 
+/// What every notice template may use (strict mode refuses anything else). The notice goes to an
+/// address that has no account, so it holds nothing the recipient does not already know: the site
+/// and their own address.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NoticeContext {
+    /// The operator's site name.
+    pub site_name: String,
+    /// The site's public URL, without a trailing slash; the shipped notices link its sign-in page,
+    /// `{site_url}/session`.
+    pub site_url: String,
+    /// The address a reset was asked for, which is also the notice's recipient.
+    pub email: String,
+}
+
 /// A rendered email.
 #[derive(Clone, Debug)]
 pub struct RenderedEmail {
@@ -152,34 +92,27 @@ pub struct RenderedEmail {
     pub text: String,
 }
 
-/// The compiled templates of every language.
+/// The compiled templates of every email and language.
 pub struct Templates {
     html: Handlebars<'static>,
     text: Handlebars<'static>,
+    /// The languages of the reset email, the ones [`Templates::choose_language`] picks from.
     languages: Vec<String>,
+    /// The languages that have a notice of their own.
+    notice_languages: Vec<String>,
     default_language: String,
 }
 
 impl Templates {
     /// The shipped templates, replaced or extended by `override_dir` when given; each is compiled and
-    /// test-rendered. `default_language` must be one of the languages.
+    /// test-rendered. `default_language` must be one of the languages. The override directory must
+    /// hold `reset/`; `notice/` is optional, and without it the shipped notices stay.
     pub fn load(override_dir: Option<&Path>, default_language: &str) -> anyhow::Result<Self> {
-        let mut sources: BTreeMap<String, PartSources> = BUILTIN
-            .iter()
-            .map(|(lang, parts)| {
-                let named = [0, 1, 2].map(|i| {
-                    (
-                        format!("built-in reset/{lang}/{}", PARTS[i]),
-                        parts[i].to_owned(),
-                    )
-                });
-                (lang.to_string(), named)
-            })
-            .collect();
+        let mut sources = builtin_sources(RESET, &BUILTIN);
+        let mut notice_sources = builtin_sources(NOTICE, &NOTICE_BUILTIN);
         if let Some(dir) = override_dir {
-            for (lang, parts) in read_overrides(dir)? {
-                sources.insert(lang, parts);
-            }
+            sources.extend(read_overrides(dir)?);
+            notice_sources.extend(read_notice_overrides(dir)?);
         }
 
         let mut html = Handlebars::new();
@@ -187,31 +120,15 @@ impl Templates {
         let mut text = Handlebars::new();
         text.set_strict_mode(true);
         text.register_escape_fn(handlebars::no_escape);
-        for (lang, [subject, body_html, body_text]) in &sources {
-            for (escaped, part, (origin, source)) in [
-                (false, "subject", subject),
-                (true, "html", body_html),
-                (false, "text", body_text),
-            ] {
-                let registry = if escaped { &mut html } else { &mut text };
-                registry
-                    .register_template_string(&template_name(lang, part), source)
-                    .map_err(|error| {
-                        let at = error.pos().map_or_else(String::new, |(line, column)| {
-                            format!(" at line {line}, column {column}")
-                        });
-                        anyhow::anyhow!(
-                            "template {origin} does not compile{at}: {}",
-                            error.reason()
-                        )
-                    })?;
-            }
+        for (email, sources) in [(RESET, &sources), (NOTICE, &notice_sources)] {
+            register(&mut html, &mut text, email, sources)?;
         }
 
         let templates = Self {
             html,
             text,
             languages: sources.keys().cloned().collect(),
+            notice_languages: notice_sources.keys().cloned().collect(),
             default_language: default_language.to_owned(),
         };
         if !templates
@@ -229,10 +146,17 @@ impl Templates {
                 .render(lang, &sample_context(lang))
                 .with_context(|| format!("template for {lang} fails to render with sample data"))?;
         }
+        for lang in &templates.notice_languages {
+            templates
+                .render_notice(lang, &sample_notice_context())
+                .with_context(|| {
+                    format!("notice template for {lang} fails to render with sample data")
+                })?;
+        }
         Ok(templates)
     }
 
-    /// The languages that have templates.
+    /// The languages that have a reset email (each also has a notice to render, its own or another's).
     pub fn languages(&self) -> &[String] {
         &self.languages
     }
@@ -269,28 +193,123 @@ impl Templates {
         lang: &str,
         context: &ResetEmailContext,
     ) -> Result<RenderedEmail, handlebars::RenderError> {
-        let subject = self.text.render(&template_name(lang, "subject"), context)?;
+        self.render_email(RESET, lang, context)
+    }
+
+    /// Renders the notice in `lang` (one of [`Self::languages`]). A language without a notice of its
+    /// own gets the default language's, and failing that the shipped English one, so that every
+    /// language [`Self::choose_language`] can pick has a notice.
+    pub fn render_notice(
+        &self,
+        lang: &str,
+        context: &NoticeContext,
+    ) -> Result<RenderedEmail, handlebars::RenderError> {
+        let lang = [lang, self.default_language.as_str()]
+            .into_iter()
+            .find(|wanted| self.notice_languages.iter().any(|lang| lang == wanted))
+            .unwrap_or(LAST_RESORT_NOTICE);
+        self.render_email(NOTICE, lang, context)
+    }
+
+    fn render_email(
+        &self,
+        email: &str,
+        lang: &str,
+        context: &impl serde::Serialize,
+    ) -> Result<RenderedEmail, handlebars::RenderError> {
+        let subject = self
+            .text
+            .render(&template_name(email, lang, "subject"), context)?;
         Ok(RenderedEmail {
             // A header is one line, whatever the template or the site name hold.
             subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
-            html: self.html.render(&template_name(lang, "html"), context)?,
-            text: self.text.render(&template_name(lang, "text"), context)?,
+            html: self
+                .html
+                .render(&template_name(email, lang, "html"), context)?,
+            text: self
+                .text
+                .render(&template_name(email, lang, "text"), context)?,
         })
     }
 }
 
-fn template_name(lang: &str, part: &str) -> String {
-    format!("reset/{lang}/{part}")
+fn template_name(email: &str, lang: &str, part: &str) -> String {
+    format!("{email}/{lang}/{part}")
 }
 
+/// One email's shipped templates, named for where they came from.
+fn builtin_sources(email: &str, builtin: &[(&str, [&str; 3])]) -> BTreeMap<String, PartSources> {
+    builtin
+        .iter()
+        .map(|(lang, parts)| {
+            let named = [0, 1, 2].map(|i| {
+                (
+                    format!("built-in {email}/{lang}/{}", PARTS[i]),
+                    parts[i].to_owned(),
+                )
+            });
+            (lang.to_string(), named)
+        })
+        .collect()
+}
+
+/// Compiles one email's templates into the two registries: HTML into the escaping one, the subject
+/// and the text into the other.
+fn register(
+    html: &mut Handlebars<'static>,
+    text: &mut Handlebars<'static>,
+    email: &str,
+    sources: &BTreeMap<String, PartSources>,
+) -> anyhow::Result<()> {
+    for (lang, [subject, body_html, body_text]) in sources {
+        for (escaped, part, (origin, source)) in [
+            (false, "subject", subject),
+            (true, "html", body_html),
+            (false, "text", body_text),
+        ] {
+            let registry = if escaped { &mut *html } else { &mut *text };
+            registry
+                .register_template_string(&template_name(email, lang, part), source)
+                .map_err(|error| {
+                    let at = error.pos().map_or_else(String::new, |(line, column)| {
+                        format!(" at line {line}, column {column}")
+                    });
+                    anyhow::anyhow!("template {origin} does not compile{at}: {}", error.reason())
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// The reset email's overrides: `reset/` must exist in the override directory.
 fn read_overrides(dir: &Path) -> anyhow::Result<Vec<(String, PartSources)>> {
-    let reset = dir.join("reset");
+    let reset = dir.join(RESET);
     let entries = std::fs::read_dir(&reset)
         .with_context(|| format!("RESETMAIL_TEMPLATES_DIR: cannot read {}", reset.display()))?;
+    read_languages(&reset, entries)
+}
+
+/// The notice's overrides: none when the override directory has no `notice/`.
+fn read_notice_overrides(dir: &Path) -> anyhow::Result<Vec<(String, PartSources)>> {
+    let notice = dir.join(NOTICE);
+    let entries = match std::fs::read_dir(&notice) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        entries => entries.with_context(|| {
+            format!("RESETMAIL_TEMPLATES_DIR: cannot read {}", notice.display())
+        })?,
+    };
+    read_languages(&notice, entries)
+}
+
+/// Every language folder in `folder`, each with all three parts.
+fn read_languages(
+    folder: &Path,
+    entries: std::fs::ReadDir,
+) -> anyhow::Result<Vec<(String, PartSources)>> {
     let mut languages = Vec::new();
     for entry in entries {
         let path = entry
-            .with_context(|| format!("cannot read {}", reset.display()))?
+            .with_context(|| format!("cannot read {}", folder.display()))?
             .path();
         if !path.is_dir() {
             continue;
@@ -310,6 +329,14 @@ fn read_overrides(dir: &Path) -> anyhow::Result<Vec<(String, PartSources)>> {
         languages.push((lang, [read(PARTS[0])?, read(PARTS[1])?, read(PARTS[2])?]));
     }
     Ok(languages)
+}
+
+fn sample_notice_context() -> NoticeContext {
+    NoticeContext {
+        site_name: "<Sample & Site>".into(),
+        site_url: "http://localhost:5212".into(),
+        email: "sample@example.com".into(),
+    }
 }
 
 fn sample_context(lang: &str) -> ResetEmailContext {
@@ -583,5 +610,214 @@ mod tests {
             result.is_err(),
             "strict mode let an unknown variable through"
         );
+    }
+
+    /// A fresh override directory holding `files` (path under it, contents).
+    fn override_dir(files: &[(String, &str)]) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("resetmail-templates-{}", uuid::Uuid::new_v4()));
+        for (path, source) in files {
+            let file = dir.join(path);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{e}"));
+            }
+            std::fs::write(file, source).unwrap_or_else(|e| panic!("{e}"));
+        }
+        dir
+    }
+
+    /// Loads `dir` and removes it, whatever the outcome.
+    fn load_and_remove(dir: &Path, default_language: &str) -> anyhow::Result<Templates> {
+        let loaded = Templates::load(Some(dir), default_language);
+        let _ = std::fs::remove_dir_all(dir);
+        loaded
+    }
+
+    /// A reset email for `lang` that compiles and renders.
+    fn reset_override(lang: &str) -> [(String, &'static str); 3] {
+        [
+            (format!("reset/{lang}/subject.hbs"), "[{{site_name}}] Reset"),
+            (
+                format!("reset/{lang}/body.html.hbs"),
+                "<a href=\"{{link}}\">{{name}}</a>",
+            ),
+            (format!("reset/{lang}/body.txt.hbs"), "{{name}}: {{link}}"),
+        ]
+    }
+
+    fn notice_context() -> NoticeContext {
+        NoticeContext {
+            site_name: "Example Cloud".into(),
+            site_url: "https://cloud.example.com".into(),
+            email: "someone@example.org".into(),
+        }
+    }
+
+    #[test]
+    fn every_shipped_language_renders_a_notice_naming_the_address_and_the_site() {
+        let templates = builtin();
+        let context = notice_context();
+        let mut subjects = std::collections::HashSet::new();
+        for (lang, _) in NOTICE_BUILTIN {
+            let notice = templates
+                .render_notice(lang, &context)
+                .unwrap_or_else(|error| panic!("{lang}: {error}"));
+            assert!(
+                notice.subject.starts_with("[Example Cloud] "),
+                "{lang}: {}",
+                notice.subject
+            );
+            assert!(
+                subjects.insert(notice.subject.clone()),
+                "{lang} repeats a subject"
+            );
+            let reset = templates
+                .render(lang, &sample_context(lang))
+                .unwrap_or_else(|error| panic!("{lang}: {error}"));
+            assert_ne!(
+                notice.subject.strip_prefix("[Example Cloud] "),
+                reset.subject.strip_prefix("[Cloudreve] "),
+                "{lang}: the notice's subject is the reset email's"
+            );
+            for (part, body) in [("text", &notice.text), ("HTML", &notice.html)] {
+                for wanted in [
+                    "someone@example.org",
+                    "Example Cloud",
+                    "https://cloud.example.com/session",
+                ] {
+                    assert!(body.contains(wanted), "{lang}: no `{wanted}` in the {part}");
+                }
+                assert!(
+                    !body.contains("/session/reset"),
+                    "{lang}: the {part} has a reset link"
+                );
+            }
+            assert!(
+                notice.html.contains(&format!("lang=\"{}\"", &lang[..2]))
+                    || notice.html.contains(&format!("lang=\"{lang}\"")),
+                "{lang}: the HTML does not say its language"
+            );
+            let direction = if lang == "ar-AR" { "rtl" } else { "ltr" };
+            assert!(
+                notice.html.contains(&format!("dir=\"{direction}\"")),
+                "{lang}: the HTML is not {direction}"
+            );
+        }
+    }
+
+    #[test]
+    fn notice_html_is_escaped_and_text_is_not() {
+        let templates = builtin();
+        let context = NoticeContext {
+            site_name: "Tom & Jerry".into(),
+            site_url: "https://cloud.example.com".into(),
+            email: "<script>alert(1)</script>@example.org".into(),
+        };
+        let notice = templates
+            .render_notice("en-US", &context)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(
+            notice
+                .html
+                .contains("&lt;script&gt;alert(1)&lt;/script&gt;@example.org")
+        );
+        assert!(notice.html.contains("Tom &amp; Jerry"));
+        assert!(!notice.html.contains("<script>"));
+        assert!(!notice.html.contains("Tom & Jerry"));
+        assert!(
+            notice
+                .text
+                .contains("<script>alert(1)</script>@example.org")
+        );
+        assert!(notice.text.contains("Tom & Jerry"));
+        assert_eq!(notice.subject, "[Tom & Jerry] Password reset request");
+    }
+
+    #[test]
+    fn an_override_directory_with_only_reset_templates_still_renders_notices() {
+        let files: Vec<_> = reset_override("de-DE")
+            .into_iter()
+            .chain(reset_override("xx-XX"))
+            .collect();
+        let templates = load_and_remove(&override_dir(&files), "en-US")
+            .unwrap_or_else(|error| panic!("{error:#}"));
+        let subject = |lang: &str| {
+            templates
+                .render_notice(templates.choose_language(Some(lang)), &notice_context())
+                .map(|notice| notice.subject)
+                .unwrap_or_else(|error| panic!("{lang}: {error}"))
+        };
+        // A reset override keeps the shipped notice of its language…
+        assert_eq!(
+            subject("de-DE"),
+            "[Example Cloud] Anfrage zum Zurücksetzen des Passworts"
+        );
+        // …and a language resetmail does not ship gets the default language's.
+        assert_eq!(templates.choose_language(Some("xx-XX")), "xx-XX");
+        assert_eq!(subject("xx-XX"), "[Example Cloud] Password reset request");
+
+        // With that language as the default, there is no notice of its own to fall back on.
+        let dir = override_dir(&files);
+        let templates = load_and_remove(&dir, "xx-XX").unwrap_or_else(|error| panic!("{error:#}"));
+        let notice = templates
+            .render_notice("xx-XX", &notice_context())
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(notice.subject, "[Example Cloud] Password reset request");
+    }
+
+    #[test]
+    fn a_notice_override_replaces_the_shipped_one_and_serves_as_the_default() {
+        let mut files: Vec<(String, &str)> = reset_override("xx-XX").into();
+        files.extend([
+            ("notice/fr-FR/subject.hbs".into(), "[{{site_name}}] Avis"),
+            ("notice/fr-FR/body.html.hbs".into(), "<p>{{email}}</p>"),
+            ("notice/fr-FR/body.txt.hbs".into(), "{{email}} {{site_url}}"),
+        ]);
+        let templates = load_and_remove(&override_dir(&files), "fr-FR")
+            .unwrap_or_else(|error| panic!("{error:#}"));
+        for lang in ["fr-FR", "xx-XX"] {
+            let notice = templates
+                .render_notice(lang, &notice_context())
+                .unwrap_or_else(|error| panic!("{lang}: {error}"));
+            assert_eq!(notice.subject, "[Example Cloud] Avis", "{lang}");
+            assert_eq!(
+                notice.text, "someone@example.org https://cloud.example.com",
+                "{lang}"
+            );
+        }
+        let german = templates
+            .render_notice("de-DE", &notice_context())
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(german.subject.contains("Passworts"), "{}", german.subject);
+    }
+
+    #[test]
+    fn a_broken_notice_override_is_refused_with_its_file() {
+        let mut files: Vec<(String, &str)> = reset_override("en-US").into();
+        files.extend([
+            ("notice/en-US/subject.hbs".into(), "[{{site_name}}] Notice"),
+            ("notice/en-US/body.html.hbs".into(), "{{#if email}}"),
+            ("notice/en-US/body.txt.hbs".into(), "{{email}}"),
+        ]);
+        let error = load_and_remove(&override_dir(&files), "en-US")
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_else(|| panic!("a broken notice was accepted"));
+        assert!(error.contains("notice/en-US/body.html.hbs"), "{error}");
+    }
+
+    #[test]
+    fn a_notice_override_using_a_reset_variable_is_refused() {
+        let mut files: Vec<(String, &str)> = reset_override("en-US").into();
+        files.extend([
+            ("notice/en-US/subject.hbs".into(), "[{{site_name}}] Notice"),
+            ("notice/en-US/body.html.hbs".into(), "{{email}}"),
+            ("notice/en-US/body.txt.hbs".into(), "{{email}} {{link}}"),
+        ]);
+        let error = load_and_remove(&override_dir(&files), "en-US")
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_else(|| panic!("strict mode let `link` into a notice"));
+        assert!(error.contains("notice template for en-US"), "{error}");
     }
 }
