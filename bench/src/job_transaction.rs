@@ -11,7 +11,7 @@ use resetmail_shared::{
     Job,
     db::{
         self,
-        claims::{Claim, ClaimRequest, Rules, SentEmail},
+        claims::{Claim, ClaimRequest, IssuedToken, Rules, SentEmail},
     },
     token::ResetToken,
 };
@@ -33,6 +33,7 @@ pub async fn run(pool: &PgPool, email: &str) -> anyhow::Result<()> {
         cooldown: Duration::from_secs(60),
         daily_max: 5,
         lease: Duration::from_secs(65),
+        notify_unknown: false,
     };
     let lease_id = uuid::Uuid::new_v4();
     let job_id = job.job_id;
@@ -50,9 +51,11 @@ pub async fn run(pool: &PgPool, email: &str) -> anyhow::Result<()> {
     let sent = SentEmail {
         job_id,
         lease_id,
-        user_id: user.id,
-        token_hash: token.hash(),
         message_id: format!("<{job_id}@localhost>"),
+        token: Some(IssuedToken {
+            user_id: user.id,
+            token_hash: token.hash(),
+        }),
     };
     db::claims::record(&mut connection, Duration::from_secs(3600), &[sent], &[]).await?;
     Ok(())

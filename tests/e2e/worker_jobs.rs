@@ -545,3 +545,56 @@ async fn an_account_gets_at_most_its_daily_maximum() {
     assert_eq!(sink.received().len(), 2);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn with_notices_on_an_address_with_no_account_is_told_so_once_per_cooldown() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup_with(&["--notify-unknown-addresses"]).await;
+    db.add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    let nobody = job_for("nobody@example.com");
+    // The same address in another case, within the cooldown: no second notice.
+    let again = job_for("NOBODY@example.com");
+    let jane = job_for("jane@example.com");
+    for job in [&nobody, &again, &jane] {
+        publish(&broker, job).await;
+    }
+
+    let noticed = decided(&db, nobody.job_id).await;
+    assert_eq!(noticed.outcome, "unknown_account");
+    assert_eq!(noticed.user_id, None);
+    assert!(noticed.sent_at.is_some() && noticed.message_id.is_some());
+    assert_eq!(decided(&db, again.job_id).await.outcome, "throttled");
+    assert_eq!(decided(&db, jane.job_id).await.outcome, "sent");
+
+    let mails = sink.received();
+    assert_eq!(mails.len(), 2);
+    let notice = mails[0].parsed();
+    assert_eq!(mails[0].rcpt_to, vec!["nobody@example.com".to_owned()]);
+    assert!(notice.subject.contains(SITE_NAME), "{}", notice.subject);
+    for part in [&notice.text, &notice.html] {
+        assert!(part.contains("nobody@example.com"), "{part}");
+        assert!(
+            !part.contains("/session/reset?id="),
+            "a notice carries no link: {part}"
+        );
+    }
+    assert_eq!(
+        notice.message_id,
+        noticed
+            .message_id
+            .unwrap_or_default()
+            .trim_matches(['<', '>'])
+    );
+    assert_eq!(mails[1].rcpt_to, vec!["jane@example.com".to_owned()]);
+    let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM password_reset_tokens")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(tokens, 1, "only the account's email has a token");
+    worker.stop().await;
+}

@@ -78,6 +78,15 @@ pub struct WorkerConfig {
         default_value_t = 5
     )]
     pub account_daily_max: u32,
+    /// Send an address with no account a short notice that a reset was asked for it but it has no
+    /// account here (OWASP's Forgot Password guidance), throttled per address like the reset emails
+    /// per account. The requester's answer and its timing do not change.
+    #[arg(
+        long = "notify-unknown-addresses",
+        env = "RESETMAIL_NOTIFY_UNKNOWN_ADDRESSES",
+        default_value_t = false
+    )]
+    pub notify_unknown_addresses: bool,
     /// Delivery rows older than this are deleted (used and expired tokens go after a day).
     #[arg(long = "retention", env = "RESETMAIL_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub retention: Duration,

@@ -58,6 +58,7 @@ impl Worker {
             cooldown: config.account_cooldown,
             daily_max: config.account_daily_max,
             lease: lease(config.smtp_timeout),
+            notify_unknown: config.notify_unknown_addresses,
         };
         let store = store::Store::start(
             (*pool.connect_options()).clone(),

@@ -4,8 +4,9 @@
 use crate::outcome::DeadClass;
 
 /// Every `outcome` label of `resetmail_worker_jobs_total`.
-pub const JOB_OUTCOMES: [&str; 11] = [
+pub const JOB_OUTCOMES: [&str; 12] = [
     "sent",
+    "notified",
     "unknown_account",
     "banned",
     "inactive",

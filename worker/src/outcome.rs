@@ -62,6 +62,11 @@ pub enum JobOutcome {
         /// Its Message-ID header.
         message_id: String,
     },
+    /// The address has no account, and the notice saying so was accepted by the mail server.
+    Notified {
+        /// Its Message-ID header.
+        message_id: String,
+    },
     /// Decided without sending (unknown, banned or inactive account, expired job, throttled).
     Skipped(Outcome),
     /// Already decided by an earlier delivery of the same job; nothing was done.
@@ -87,7 +92,9 @@ impl JobOutcome {
             | Self::Dead(_, failure)
             | Self::Pause(failure)
             | Self::Requeue(failure) => Some(failure),
-            Self::Sent { .. } | Self::Skipped(_) | Self::Duplicate(_) => None,
+            Self::Sent { .. } | Self::Notified { .. } | Self::Skipped(_) | Self::Duplicate(_) => {
+                None
+            }
         }
     }
 
@@ -114,6 +121,7 @@ impl JobOutcome {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Sent { .. } => "sent",
+            Self::Notified { .. } => "notified",
             Self::Skipped(decided) => decided.as_str(),
             Self::Duplicate(_) => "duplicate",
             Self::Retry(_) => "retry",

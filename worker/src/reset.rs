@@ -13,7 +13,7 @@ use resetmail_shared::{
     PasswordResetJob,
     amqp::Backoff,
     db::{
-        claims::{Claim, ClaimRequest, SentEmail, UnsentEmail},
+        claims::{Claim, ClaimRequest, IssuedToken, SentEmail, UnsentEmail},
         deliveries::Outcome,
         users::User,
     },
@@ -28,7 +28,7 @@ use crate::{
     outcome::{Failure, JobOutcome},
     site::SiteConfig,
     store::Record,
-    templates::{ResetEmailContext, valid_for},
+    templates::{NoticeContext, RenderedEmail, ResetEmailContext, valid_for},
 };
 
 impl Worker {
@@ -66,7 +66,8 @@ impl Worker {
                 }
                 Ok(Claim::Duplicate(outcome)) => return JobOutcome::Duplicate(outcome),
                 Ok(Claim::Decided(outcome)) => return JobOutcome::Skipped(outcome),
-                Ok(Claim::Send(user)) => break (user, slot),
+                Ok(Claim::Send(user)) => break (Some(user), slot),
+                Ok(Claim::Notice) => break (None, slot),
                 Ok(Claim::Busy) => {
                     drop(slot);
                     if !std::mem::replace(&mut waited, true) {
@@ -85,7 +86,11 @@ impl Worker {
         };
 
         let message_id = format!("<{}@{}>", job.job_id, site.message_id_domain);
-        let sent = match self.compose(&site, &user, &token, &message_id) {
+        let message = match &user {
+            Some(user) => self.compose(&site, user, &token, &message_id),
+            None => self.compose_notice(&site, job, &message_id),
+        };
+        let sent = match message {
             Ok(message) => {
                 let started = std::time::Instant::now();
                 let sent = site.mailer.send(message).await;
@@ -98,15 +103,22 @@ impl Worker {
         drop(slot);
         let (outcome, record) = match sent {
             Ok(()) => (
-                JobOutcome::Sent {
-                    message_id: message_id.clone(),
+                match user {
+                    Some(_) => JobOutcome::Sent {
+                        message_id: message_id.clone(),
+                    },
+                    None => JobOutcome::Notified {
+                        message_id: message_id.clone(),
+                    },
                 },
                 Record::Sent(SentEmail {
                     job_id: job.job_id,
                     lease_id,
-                    user_id: user.id,
-                    token_hash: token.hash(),
                     message_id,
+                    token: user.map(|user| IssuedToken {
+                        user_id: user.id,
+                        token_hash: token.hash(),
+                    }),
                 }),
             ),
             Err(error) => {
@@ -223,26 +235,60 @@ impl Worker {
             .email
             .parse()
             .map_err(|error| format!("the account's stored address is not deliverable: {error}"))?;
-        let mut builder = Message::builder().from(site.from.clone()).to(to);
-        if let Some(reply_to) = &site.reply_to {
-            builder = builder.reply_to(reply_to.clone());
-        }
-        builder
-            // An automatic message (RFC 3834): vacation responders and Exchange's auto-replies
-            // stay quiet. lettre adds the Date header itself.
-            .raw_header(HeaderValue::new(AUTO_SUBMITTED, "auto-generated".into()))
-            .raw_header(HeaderValue::new(AUTO_RESPONSE_SUPPRESS, "All".into()))
-            .subject(email.subject)
-            .message_id(Some(message_id.to_owned()))
-            .multipart(MultiPart::alternative_plain_html(email.text, email.html))
-            .map(|mut message| {
-                if let Some(dkim) = &site.dkim {
-                    dkim.sign(&mut message);
-                }
-                message
-            })
-            .map_err(|error| format!("cannot build the message: {error}"))
+        message(site, to, email, message_id)
     }
+
+    /// The notice to an address with no account, in the default language, to the address as asked.
+    fn compose_notice(
+        &self,
+        site: &SiteConfig,
+        job: &PasswordResetJob,
+        message_id: &str,
+    ) -> Result<Message, String> {
+        let context = NoticeContext {
+            site_name: site.site.name.clone(),
+            site_url: site.site.url.clone(),
+            email: job.email.as_str().to_owned(),
+        };
+        let email = self
+            .templates
+            .render_notice(self.templates.choose_language(None), &context)
+            .map_err(|error| format!("template error: {error}"))?;
+        let to: Mailbox = job
+            .email
+            .as_str()
+            .parse()
+            .map_err(|error| format!("the address is not deliverable: {error}"))?;
+        message(site, to, email, message_id)
+    }
+}
+
+/// The message of `email` from the site to `to`, marked automatic and signed when DKIM is on.
+fn message(
+    site: &SiteConfig,
+    to: Mailbox,
+    email: RenderedEmail,
+    message_id: &str,
+) -> Result<Message, String> {
+    let mut builder = Message::builder().from(site.from.clone()).to(to);
+    if let Some(reply_to) = &site.reply_to {
+        builder = builder.reply_to(reply_to.clone());
+    }
+    builder
+        // An automatic message (RFC 3834): vacation responders and Exchange's auto-replies
+        // stay quiet. lettre adds the Date header itself.
+        .raw_header(HeaderValue::new(AUTO_SUBMITTED, "auto-generated".into()))
+        .raw_header(HeaderValue::new(AUTO_RESPONSE_SUPPRESS, "All".into()))
+        .subject(email.subject)
+        .message_id(Some(message_id.to_owned()))
+        .multipart(MultiPart::alternative_plain_html(email.text, email.html))
+        .map(|mut message| {
+            if let Some(dkim) = &site.dkim {
+                dkim.sign(&mut message);
+            }
+            message
+        })
+        .map_err(|error| format!("cannot build the message: {error}"))
 }
 
 /// RFC 3834's mark of a message sent by a program, not a person.

@@ -63,6 +63,10 @@ pub async fn settle(
                 tracing::info!(outcome = "sent", message_id = %message_id, attempt = attempt.number, "reset email sent");
                 ack(delivery).await
             }
+            JobOutcome::Notified { message_id } => {
+                tracing::info!(outcome = "notified", message_id = %message_id, attempt = attempt.number, "the address has no account; notice sent");
+                ack(delivery).await
+            }
             JobOutcome::Skipped(decided) => {
                 tracing::info!(outcome = %decided, "reset job decided; no email sent");
                 ack(delivery).await

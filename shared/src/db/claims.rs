@@ -7,7 +7,8 @@
 //! ([`Claim::Busy`]); once it ran out (its worker died), the next delivery takes the job over. An
 //! email being sent holds a reservation on its account that the cooldown and the daily maximum
 //! count like a sent email, so that both stay exact with many emails in flight; a token is stored
-//! only when its email has left.
+//! only when its email has left. When the operator asks for it, an address with no account gets a
+//! notice saying so, throttled per address (locked and counted like an account) by the same rules.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,6 +36,9 @@ pub struct Rules {
     pub daily_max: u32,
     /// How long a claimed job stays its claimer's: longer than a send can take.
     pub lease: Duration,
+    /// Whether an address with no account gets a notice saying so, throttled per address like
+    /// the reset emails per account.
+    pub notify_unknown: bool,
 }
 
 /// One job to claim, under a lease id of its own.
@@ -58,11 +62,17 @@ pub enum Claim {
     /// The email may be sent to this account under the request's lease, which also reserves one
     /// of the account's emails; [`record`] says how it went.
     Send(User),
+    /// No account has the address, and the notice saying so may be sent to it under the
+    /// request's lease, which reserves one of the address's notices; [`record`] says how it went.
+    Notice,
 }
 
 /// The first key of the advisory locks on Cloudreve accounts ("RSML"): keeps them apart from any
 /// other user of advisory locks in the site's database.
 const ACCOUNT_LOCK_CLASS: i32 = 0x5253_4d4c;
+
+/// The first key of the advisory locks on addresses with no account ("RSMN").
+const ADDRESS_LOCK_CLASS: i32 = 0x5253_4d4e;
 
 /// Claims `requests` in one transaction and answers one [`Claim`] per request, in order.
 ///
@@ -171,8 +181,65 @@ pub async fn claim(
             .map(|(user, recent, today)| (user, (recent, today)))
             .collect();
 
+        // Addresses with no account, when they get a notice: locked (after every account, in
+        // address order) and counted like the accounts, by a statement of its own.
+        let unknown: Vec<String> = if rules.notify_unknown {
+            let mut keys: Vec<String> = leased
+                .iter()
+                .filter(|(request, _)| !users.contains_key(&request.job.job_id))
+                .map(|(request, _)| request.job.email.match_key())
+                .collect();
+            keys.sort();
+            keys.dedup();
+            keys
+        } else {
+            Vec::new()
+        };
+        let mut address_counts: HashMap<String, (i64, i64)> = HashMap::new();
+        if !unknown.is_empty() {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock($1, hashtext(key))::text
+                 FROM unnest($2::text[]) AS key ORDER BY key",
+            )
+            .bind(ADDRESS_LOCK_CLASS)
+            .bind(&unknown)
+            .execute(&mut *tx)
+            .await?;
+            let counts: Vec<(String, i64, i64)> = sqlx::query_as(
+                "SELECT ascii_lower(email),
+                        count(*) FILTER (WHERE coalesce(sent_at, reserved_at)
+                                               > now() - make_interval(secs => $2)),
+                        count(*)
+                 FROM deliveries
+                 WHERE ascii_lower(email) = ANY($1) AND user_id IS NULL
+                   AND ((outcome = 'unknown_account' AND sent_at > now() - interval '24 hours')
+                        OR (outcome = 'pending' AND reserved_at IS NOT NULL
+                            AND lease_until > now()))
+                 GROUP BY 1",
+            )
+            .bind(&unknown)
+            .bind(rules.cooldown.as_secs_f64())
+            .fetch_all(&mut *tx)
+            .await?;
+            address_counts = counts
+                .into_iter()
+                .map(|(key, recent, today)| (key, (recent, today)))
+                .collect();
+        }
+
         let now = OffsetDateTime::now_utc();
         let mut decided = Decisions::default();
+        // Takes one of the emails `counts` allows, if any is left.
+        let take = |(recent, today): &mut (i64, i64)| {
+            let allowed = *recent == 0 && *today < i64::from(rules.daily_max);
+            if allowed {
+                if !rules.cooldown.is_zero() {
+                    *recent += 1;
+                }
+                *today += 1;
+            }
+            allowed
+        };
         for (request, first) in &leased {
             let job = &request.job;
             let user = users.get(&job.job_id);
@@ -180,17 +247,20 @@ pub async fn claim(
                 Outcome::Expired
             } else {
                 match user.map(|user| user.status) {
+                    None if rules.notify_unknown => {
+                        let key = job.email.match_key();
+                        if take(address_counts.entry(key).or_default()) {
+                            Outcome::Pending
+                        } else {
+                            Outcome::Throttled
+                        }
+                    }
                     None => Outcome::UnknownAccount,
                     Some(UserStatus::Banned) => Outcome::Banned,
                     Some(UserStatus::Inactive) => Outcome::Inactive,
                     Some(UserStatus::Active) => {
                         let id = user.map(|user| user.id).unwrap_or_default();
-                        let (recent, today) = counts.entry(id).or_default();
-                        if *recent == 0 && *today < i64::from(rules.daily_max) {
-                            if !rules.cooldown.is_zero() {
-                                *recent += 1;
-                            }
-                            *today += 1;
+                        if take(counts.entry(id).or_default()) {
                             Outcome::Pending
                         } else {
                             Outcome::Throttled
@@ -208,6 +278,7 @@ pub async fn claim(
                 job.job_id,
                 match (outcome, user) {
                     (Outcome::Pending, Some(user)) => Claim::Send(user.clone()),
+                    (Outcome::Pending, None) => Claim::Notice,
                     _ => Claim::Decided(outcome),
                 },
             );
@@ -355,19 +426,26 @@ struct AccountRow {
     language: Option<String>,
 }
 
-/// An email the mail server accepted, to record with its token.
+/// An email the mail server accepted, to record (with its token, for a reset email).
 #[derive(Clone, Debug)]
 pub struct SentEmail {
     /// The job.
     pub job_id: Uuid,
     /// The lease it was sent under.
     pub lease_id: Uuid,
+    /// The email's Message-ID header.
+    pub message_id: String,
+    /// The reset email's token; `None` for the notice to an address with no account.
+    pub token: Option<IssuedToken>,
+}
+
+/// The token a reset email carries.
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
     /// The account.
     pub user_id: i64,
     /// SHA-256 of the token's secret, which only the email holds.
     pub token_hash: [u8; 32],
-    /// The email's Message-ID header.
-    pub message_id: String,
 }
 
 /// An email that did not leave, to record with why.
@@ -387,10 +465,10 @@ pub struct UnsentEmail {
 /// found recorded already, when an earlier try of the same record committed unseen). A job
 /// missing from the answer lost its lease: another delivery took it over.
 ///
-/// A sent email becomes `sent`, its account's older unused tokens are revoked and its token is
-/// stored (of two emails for one account in the batch, the later one's token is the live one); an
-/// unsent one becomes pending again with its error, or `failed`. Either way its reservation and
-/// lease end.
+/// A sent reset email becomes `sent`, its account's older unused tokens are revoked and its token
+/// is stored (of two emails for one account in the batch, the later one's token is the live one);
+/// a sent notice becomes `unknown_account` with its `sent_at`; an unsent email becomes pending again
+/// with its error, or `failed`. Either way its reservation and lease end.
 pub async fn record(
     connection: &mut PgConnection,
     token_ttl: Duration,
@@ -404,7 +482,8 @@ pub async fn record(
                   WITH ORDINALITY AS s(job_id, lease_id, user_id, token_hash, message_id, n)
          ), recorded AS (
              UPDATE deliveries AS d SET
-                 outcome = 'sent', sent_at = now(), message_id = sent.message_id,
+                 outcome = CASE WHEN sent.user_id IS NULL THEN 'unknown_account' ELSE 'sent' END,
+                 sent_at = now(), message_id = sent.message_id,
                  last_error = NULL, lease_id = NULL, lease_until = NULL, reserved_at = NULL,
                  updated_at = now()
              FROM sent
@@ -412,9 +491,9 @@ pub async fn record(
              RETURNING d.job_id
          ), already AS (
              SELECT d.job_id FROM deliveries AS d JOIN sent USING (job_id)
-             WHERE d.outcome = 'sent' AND d.message_id = sent.message_id
+             WHERE d.outcome IN ('sent', 'unknown_account') AND d.message_id = sent.message_id
          ), live AS (
-             SELECT sent.* FROM sent JOIN recorded USING (job_id)
+             SELECT sent.* FROM sent JOIN recorded USING (job_id) WHERE sent.user_id IS NOT NULL
          ), revoked AS (
              UPDATE password_reset_tokens AS t SET revoked_at = now()
              WHERE t.user_id IN (SELECT user_id FROM live)
@@ -442,10 +521,14 @@ pub async fn record(
     )
     .bind(sent.iter().map(|s| s.job_id).collect::<Vec<_>>())
     .bind(sent.iter().map(|s| s.lease_id).collect::<Vec<_>>())
-    .bind(sent.iter().map(|s| s.user_id).collect::<Vec<_>>())
     .bind(
         sent.iter()
-            .map(|s| s.token_hash.to_vec())
+            .map(|s| s.token.as_ref().map(|token| token.user_id))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sent.iter()
+            .map(|s| s.token.as_ref().map(|token| token.token_hash.to_vec()))
             .collect::<Vec<_>>(),
     )
     .bind(
