@@ -81,10 +81,13 @@ const ADDRESS_LOCK_CLASS: i32 = 0x5253_4d4e;
 /// 2. The accounts of the leased jobs are found and locked in account-id order (a built-in account
 ///    by its row, a Cloudreve account by an advisory lock, so that Cloudreve's own writes to its
 ///    row never wait on resetmail), so that jobs for one account are decided one batch at a time.
+///    With notices on, the addresses of the leased jobs with no account are locked next (advisory
+///    locks on their ASCII-lower-cased form, in address order).
 /// 3. In a statement of its own (so that it sees what the previous holder of those locks
-///    committed), the accounts' sent emails and live reservations are counted.
+///    committed), the accounts' sent emails and live reservations are counted (and the addresses'
+///    notices, likewise).
 /// 4. Each leased job is decided in request order (expired, unknown, banned, inactive, throttled,
-///    or send), and the decisions are stored.
+///    send, or notice), and the decisions are stored.
 ///
 /// A job twice in `requests` is claimed once; its second request is [`Claim::Busy`].
 pub async fn claim(
