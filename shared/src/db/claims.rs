@@ -498,9 +498,11 @@ pub async fn record(
          ), live AS (
              SELECT sent.* FROM sent JOIN recorded USING (job_id) WHERE sent.user_id IS NOT NULL
          ), revoked AS (
+             -- `= ANY($3)` reaches the batch's accounts' live tokens by their index; matching them
+             -- with `live` alone made PostgreSQL rescan `live` for every live token of every account.
              UPDATE password_reset_tokens AS t SET revoked_at = now()
-             WHERE t.user_id IN (SELECT user_id FROM live)
-               AND t.used_at IS NULL AND t.revoked_at IS NULL
+             WHERE t.user_id = ANY($3::int8[]) AND t.used_at IS NULL AND t.revoked_at IS NULL
+               AND EXISTS (SELECT FROM live WHERE live.user_id = t.user_id)
          ), issued AS (
              INSERT INTO password_reset_tokens (user_id, token_hash, job_id, expires_at, revoked_at)
              SELECT user_id, token_hash, job_id, now() + make_interval(secs => $6),
