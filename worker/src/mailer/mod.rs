@@ -100,9 +100,12 @@ impl Mailer {
     pub async fn send(&self, message: Message) -> Result<(), MailError> {
         match self {
             Self::Smtp { pool, timeout, .. } => {
-                let bytes = message.formatted();
+                // Only the bytes and the envelope stay for the send: with a slow relay, a
+                // thousand messages wait at once, and each built message is a second copy.
+                let (envelope, bytes) = (message.envelope().clone(), message.formatted());
+                drop(message);
                 // A send cut short by the timeout drops its connection with it.
-                tokio::time::timeout(*timeout, pool.send(message.envelope(), &bytes))
+                tokio::time::timeout(*timeout, pool.send(&envelope, &bytes))
                     .await
                     .unwrap_or_else(|_| Err(classify(Fault::Timeout(*timeout))))
             }
