@@ -107,6 +107,10 @@ fn job_lanes(pool_size: u32) -> usize {
 
 /// Runs the worker as configured until `shutdown` fires.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Installed before the lanes connect and the first job, so that no count is lost, with or
+    // without the HTTP port.
+    let metrics = resetmail_shared::metrics::handle();
+    metrics::register(config.broker.retry_delays.0.len());
     // The jobs' lanes take the rest of `RESETMAIL_DB_POOL_SIZE`, whatever the concurrency.
     let mut others = config.database.clone();
     others.pool_size = config.database.pool_size.min(OTHER_CONNECTIONS);
@@ -147,9 +151,6 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         worker.config.retention,
         shutdown.clone(),
     ));
-    // Installed before the first job, so that no count is lost, with or without the HTTP port.
-    let metrics = resetmail_shared::metrics::handle();
-    metrics::register(worker.config.broker.retry_delays.0.len());
     if let Some(listener) = bind_http(&worker.config.http_addr).await? {
         let probe = health::Probe {
             health: worker.health.clone(),

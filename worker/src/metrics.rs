@@ -60,6 +60,14 @@ pub fn register(retry_steps: usize) {
             .increment(0);
     }
     let _registered = metrics::histogram!("resetmail_worker_send_seconds");
+    metrics::describe_gauge!(
+        "resetmail_worker_db_connections",
+        "Database connections the jobs' lanes hold now"
+    );
+    metrics::describe_histogram!(
+        "resetmail_worker_db_batch_jobs",
+        "Jobs whose claims and records one lane's batch carried"
+    );
     metrics::gauge!("resetmail_worker_jobs_in_flight").increment(0.0);
     metrics::gauge!("resetmail_worker_consuming").increment(0.0);
 }

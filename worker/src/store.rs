@@ -155,13 +155,14 @@ impl Store {
 async fn lane(lanes: Arc<Lanes>) {
     let mut connection: Option<PgConnection> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    let connected = metrics::gauge!("resetmail_worker_db_connections");
+    // Looked up at each change: the lanes start before the metrics recorder is installed.
+    let connected = || metrics::gauge!("resetmail_worker_db_connections");
     loop {
         // A connection first: work waits for the lanes that have one.
         let Some(open) = connection.as_mut() else {
             match PgConnection::connect_with(&lanes.options).await {
                 Ok(open) => {
-                    connected.increment(1.0);
+                    connected().increment(1.0);
                     connection = Some(open);
                     backoff.reset();
                 }
@@ -178,7 +179,7 @@ async fn lane(lanes: Arc<Lanes>) {
         let batch = {
             let mut work = lanes.work.lock().await;
             let Some(first) = work.recv().await else {
-                connected.decrement(1.0);
+                connected().decrement(1.0);
                 return;
             };
             let mut batch = vec![first];
@@ -195,7 +196,7 @@ async fn lane(lanes: Arc<Lanes>) {
         {
             // The connection itself failed: open another for the next batch.
             tracing::warn!(%error, "a database connection failed; reconnecting");
-            connected.decrement(1.0);
+            connected().decrement(1.0);
             connection = None;
         }
     }

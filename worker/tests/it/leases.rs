@@ -145,6 +145,16 @@ async fn a_database_allowing_fewer_connections_than_the_worker_wants_still_gets_
     }
     let (status, _) = http_get(&addr, "/healthz", PATIENCE).await;
     assert_eq!(status, 200);
+    let (_, metrics) = http_get(&addr, "/metrics", PATIENCE).await;
+    let lanes: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("resetmail_worker_db_connections "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no lane gauge in:\n{metrics}"));
+    assert!(
+        (1.0..=3.0).contains(&lanes),
+        "{lanes} lanes connected under a limit of 3"
+    );
 
     let lines = worker.stop_cleanly(PATIENCE).await;
     let refusals = lines
