@@ -9,7 +9,6 @@
 //! lane connected a claim waits [`CLAIM_PATIENCE`], then fails.
 
 use std::{
-    collections::HashSet,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -46,15 +45,6 @@ pub enum Record {
     Sent(SentEmail),
     /// It did not leave.
     Unsent(UnsentEmail),
-}
-
-impl Record {
-    fn job_id(&self) -> uuid::Uuid {
-        match self {
-            Self::Sent(sent) => sent.job_id,
-            Self::Unsent(unsent) => unsent.job_id,
-        }
-    }
 }
 
 enum Work {
@@ -216,85 +206,66 @@ impl Lanes {
 }
 
 /// Does a batch: its records in one statement, then its claims in one transaction (again, if
-/// that transaction met a deadlock). Answers every job; returns the error that failed any part.
+/// that transaction met a deadlock). Answers every job; returns the error that failed a part.
 async fn run(
     connection: &mut PgConnection,
     lanes: &Lanes,
     batch: Vec<Work>,
 ) -> Result<(), sqlx::Error> {
-    let mut claims = Vec::new();
-    let mut records = Vec::new();
+    let (mut claims, mut claim_answers) = (Vec::new(), Vec::new());
+    let (mut sent, mut unsent, mut record_answers) = (Vec::new(), Vec::new(), Vec::new());
     for work in batch.into_iter().filter(|work| !work.abandoned()) {
         match work {
-            Work::Claim(request, answer) => claims.push((request, answer)),
-            Work::Record(record, answer) => records.push((record, answer)),
-        }
-    }
-    metrics::histogram!("resetmail_worker_db_batch_jobs")
-        .record((claims.len() + records.len()) as f64);
-    let mut failed = None;
-    if !records.is_empty() {
-        let (sent, unsent): (Vec<_>, Vec<_>) = records.iter().map(|(record, _)| record).fold(
-            (Vec::new(), Vec::new()),
-            |(mut sent, mut unsent), record| {
-                match record {
-                    Record::Sent(email) => sent.push(email.clone()),
-                    Record::Unsent(email) => unsent.push(email.clone()),
-                }
-                (sent, unsent)
-            },
-        );
-        match claims::record(connection, lanes.token_ttl, &sent, &unsent).await {
-            Ok(recorded) => answer_records(records, Ok(&recorded)),
-            Err(error) => {
-                answer_records(records, Err(DbError(error.to_string())));
-                failed = Some(error);
+            Work::Claim(request, answer) => {
+                claims.push(request);
+                claim_answers.push(answer);
+            }
+            Work::Record(Record::Sent(email), answer) => {
+                record_answers.push((email.job_id, answer));
+                sent.push(email);
+            }
+            Work::Record(Record::Unsent(email), answer) => {
+                record_answers.push((email.job_id, answer));
+                unsent.push(email);
             }
         }
     }
-    if !claims.is_empty() && failed.is_none() {
-        let requests: Vec<ClaimRequest> =
-            claims.iter().map(|(request, _)| request.clone()).collect();
+    metrics::histogram!("resetmail_worker_db_batch_jobs")
+        .record((claims.len() + record_answers.len()) as f64);
+    let mut failed = None;
+    if !record_answers.is_empty() {
+        let recorded = claims::record(connection, lanes.token_ttl, &sent, &unsent).await;
+        for (job_id, answer) in record_answers {
+            let _ = answer.send(match &recorded {
+                Ok(recorded) => Ok(recorded.contains(&job_id)),
+                Err(error) => Err(DbError(error.to_string())),
+            });
+        }
+        failed = recorded.err();
+    }
+    if !claims.is_empty() {
         let mut tries = 0;
-        let result = loop {
+        let claimed = loop {
             tries += 1;
-            match claims::claim(connection, &lanes.accounts, &lanes.rules, &requests).await {
+            match claims::claim(connection, &lanes.accounts, &lanes.rules, &claims).await {
                 Err(sqlx::Error::Database(error))
                     if tries < 3 && matches!(error.code().as_deref(), Some("40P01" | "40001")) => {}
                 other => break other,
             }
         };
-        match result {
+        match claimed {
             Ok(answers) => {
-                for ((_, answer), claim) in claims.into_iter().zip(answers) {
+                for (answer, claim) in claim_answers.into_iter().zip(answers) {
                     let _ = answer.send(Ok(claim));
                 }
             }
             Err(error) => {
-                for (_, answer) in claims {
+                for answer in claim_answers {
                     let _ = answer.send(Err(DbError(error.to_string())));
                 }
-                failed = Some(error);
+                failed = failed.or(Some(error));
             }
-        }
-    } else if let Some(error) = &failed {
-        for (_, answer) in claims {
-            let _ = answer.send(Err(DbError(error.to_string())));
         }
     }
     failed.map_or(Ok(()), Err)
-}
-
-fn answer_records(
-    records: Vec<(Record, oneshot::Sender<Result<bool, DbError>>)>,
-    recorded: Result<&HashSet<uuid::Uuid>, DbError>,
-) {
-    for (record, answer) in records {
-        let _ = answer.send(
-            recorded
-                .as_ref()
-                .map(|recorded| recorded.contains(&record.job_id()))
-                .map_err(Clone::clone),
-        );
-    }
 }
