@@ -113,31 +113,63 @@ pub async fn claim(
               AS input(job_id, correlation_id, email, requested_at, lease_id)
          ORDER BY job_id
          ON CONFLICT (job_id) DO UPDATE SET
-             attempts = d.attempts + (d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false))::int,
+             attempts = d.attempts + 1,
              first_attempt_at = coalesce(d.first_attempt_at, now()),
-             last_attempt_at = CASE WHEN d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false)
-                                    THEN now() ELSE d.last_attempt_at END,
-             lease_id = CASE WHEN d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false)
-                             THEN excluded.lease_id ELSE d.lease_id END,
-             lease_until = CASE WHEN d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false)
-                                THEN excluded.lease_until ELSE d.lease_until END,
+             last_attempt_at = now(),
+             lease_id = excluded.lease_id,
+             lease_until = excluded.lease_until,
              -- A lease taken over drops the reservation of the delivery that died holding it.
-             reserved_at = CASE WHEN d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false)
-                                THEN NULL ELSE d.reserved_at END
+             reserved_at = NULL
+         -- Only a pending job with no live lease is taken; any other stays as it is, but locked.
+         WHERE d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false)
          RETURNING job_id, outcome, (xmax = 0) AS inserted, lease_id",
     )
     .bind(unique.iter().map(|r| r.job.job_id).collect::<Vec<_>>())
-    .bind(unique.iter().map(|r| r.job.correlation_id).collect::<Vec<_>>())
-    .bind(unique.iter().map(|r| r.job.email.as_str()).collect::<Vec<_>>())
-    .bind(unique.iter().map(|r| r.job.requested_at).collect::<Vec<_>>())
+    .bind(
+        unique
+            .iter()
+            .map(|r| r.job.correlation_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        unique
+            .iter()
+            .map(|r| r.job.email.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        unique
+            .iter()
+            .map(|r| r.job.requested_at)
+            .collect::<Vec<_>>(),
+    )
     .bind(unique.iter().map(|r| r.lease_id).collect::<Vec<_>>())
     .bind(rules.lease.as_secs_f64())
     .fetch_all(&mut *tx)
     .await?;
-    let rows: HashMap<Uuid, (String, bool, Option<Uuid>)> = rows
+    let mut rows: HashMap<Uuid, (String, bool, Option<Uuid>)> = rows
         .into_iter()
         .map(|(job_id, outcome, inserted, lease)| (job_id, (outcome, inserted, lease)))
         .collect();
+    // The jobs not taken (decided already, or leased by another delivery), as they stand.
+    let untaken: Vec<Uuid> = unique
+        .iter()
+        .map(|request| request.job.job_id)
+        .filter(|job_id| !rows.contains_key(job_id))
+        .collect();
+    if !untaken.is_empty() {
+        let found: Vec<(Uuid, String, Option<Uuid>)> = sqlx::query_as(
+            "SELECT job_id, outcome, lease_id FROM deliveries WHERE job_id = ANY($1)",
+        )
+        .bind(&untaken)
+        .fetch_all(&mut *tx)
+        .await?;
+        rows.extend(
+            found
+                .into_iter()
+                .map(|(job_id, outcome, lease)| (job_id, (outcome, false, lease))),
+        );
+    }
 
     // The jobs this batch leased, and whether each is at its first attempt.
     let mut leased = Vec::new();
