@@ -21,6 +21,7 @@ const API_ROUTES: [&str; 4] = [
 /// Describes every series of the api and makes it present at zero, so that `rate()` and `increase()` see
 /// it from the start rather than from its first event. Call once the recorder is installed.
 pub fn register(base_path: &str) {
+    resetmail_shared::amqp::describe_metrics();
     metrics::describe_counter!(
         "resetmail_api_requests_total",
         "Requests answered, by route and envelope code"

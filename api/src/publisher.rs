@@ -10,7 +10,7 @@ use futures_util::StreamExt as _;
 use lapin::{Channel, Connection, Event, options::ConfirmSelectOptions};
 use resetmail_shared::{
     Job,
-    amqp::{self, Backoff},
+    amqp::{self, Backoff, BrokerNode, NodeRing},
     config::BrokerConfig,
     topology::Topology,
 };
@@ -88,7 +88,11 @@ impl Publisher {
                 suspect: Notify::new(),
             }),
         };
-        tokio::spawn(publisher.clone().supervise(config.url.clone(), shutdown));
+        tokio::spawn(
+            publisher
+                .clone()
+                .supervise(NodeRing::shuffled(&config.nodes), shutdown),
+        );
         publisher
     }
 
@@ -140,23 +144,27 @@ impl Publisher {
         }
     }
 
-    async fn supervise(self, url: String, shutdown: CancellationToken) {
+    async fn supervise(self, mut nodes: NodeRing, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
-            match self.open(&url).await {
-                Ok((connection, channel)) => {
-                    tracing::info!("connected to the broker");
+            match self.open(&mut nodes).await {
+                Ok((connection, channel, node)) => {
+                    tracing::info!(node = node.label(), "connected to the broker");
                     backoff.reset();
                     self.set_current(Some(channel.clone()));
                     let lost = self.watch(&connection, &channel, &shutdown).await;
                     self.set_current(None);
+                    nodes.lost(&node);
                     // Closing a connection that is already gone fails; nothing more to do then.
                     let close = connection.close(200, "closing".into());
                     let _ = tokio::time::timeout(amqp::CONNECT_TIMEOUT, close).await;
                     if !lost {
                         return;
                     }
-                    tracing::warn!("lost the broker connection; reconnecting");
+                    tracing::warn!(
+                        node = node.label(),
+                        "lost the broker connection; reconnecting"
+                    );
                 }
                 Err(error) => tracing::warn!(%error, "cannot open the broker connection"),
             }
@@ -167,15 +175,28 @@ impl Publisher {
         }
     }
 
-    async fn open(&self, url: &str) -> anyhow::Result<(Connection, Channel)> {
-        let connection =
-            amqp::connect(url, &self.inner.topology.connection_name("resetmail-api")).await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        self.inner.topology.declare(&channel).await?;
-        Ok((connection, channel))
+    /// Connects to the next node that answers, with a confirm-mode channel and the topology.
+    async fn open(
+        &self,
+        nodes: &mut NodeRing,
+    ) -> anyhow::Result<(Connection, Channel, BrokerNode)> {
+        let name = self.inner.topology.connection_name("resetmail-api");
+        let (connection, node) = nodes.connect(&name).await?;
+        let ready = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            self.inner.topology.declare(&channel).await?;
+            anyhow::Ok(channel)
+        };
+        match ready.await {
+            Ok(channel) => Ok((connection, channel, node)),
+            Err(error) => {
+                nodes.lost(&node);
+                Err(error.context(format!("on broker node {}", node.label())))
+            }
+        }
     }
 
     /// Waits until the connection or channel is lost (true) or shutdown is asked (false).

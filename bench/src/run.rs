@@ -56,7 +56,8 @@ impl Run {
         })
         .await?;
         let broker_config = BrokerConfig {
-            url: options.amqp_url.clone(),
+            nodes: resetmail_shared::amqp::BrokerNodes::parse(&options.amqp_url)
+                .map_err(anyhow::Error::msg)?,
             queue_prefix: name.replace('_', "-"),
             queue_type: QueueType::Classic,
             retry_delays: RetryDelays::parse("5s,30s,2m,10m,30m").map_err(anyhow::Error::msg)?,

@@ -1,4 +1,5 @@
-//! Connecting to RabbitMQ: one place that names the connection and bounds the wait.
+//! Connecting to RabbitMQ: the nodes `AMQP_URL` lists, taken in turn; one place that names the
+//! connection and bounds the wait; confirmed publishing.
 
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ pub enum ConnectError {
     /// No answer within [`CONNECT_TIMEOUT`].
     #[error("cannot connect to the broker: no answer within {0:?}")]
     Timeout(Duration),
+    /// No node of `AMQP_URL` answered; why, node by node.
+    #[error("no broker node answers: {0}")]
+    NoNode(String),
 }
 
 /// Opens a connection named `name` (shown in the RabbitMQ UI) to `url`.
@@ -25,6 +29,170 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> 
         .await
         .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
         .map_err(ConnectError::Broker)
+}
+
+/// One node named in `AMQP_URL`: its URL, credentials included, and a label without them (host and
+/// port) for logs and metrics.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerNode {
+    url: String,
+    label: String,
+}
+
+impl BrokerNode {
+    /// Reads one AMQP URL; the error never repeats the URL, which may hold a password.
+    fn parse(url: &str) -> Result<Self, String> {
+        let uri: lapin::uri::AMQPUri = url
+            .parse()
+            .map_err(|error| format!("not an AMQP URL ({error})"))?;
+        let label = format!("{}:{}", uri.authority.host, uri.authority.port);
+        Ok(Self {
+            url: url.to_owned(),
+            label,
+        })
+    }
+
+    /// The URL to connect with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `host:port`, safe to log.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl std::fmt::Debug for BrokerNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+/// The nodes of one RabbitMQ deployment, as `AMQP_URL` lists them: one URL, or the URLs of a
+/// cluster's nodes separated by commas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerNodes(Vec<BrokerNode>);
+
+impl BrokerNodes {
+    /// Reads `amqp://…[,amqp://…]`; at least one URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let nodes = text
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .enumerate()
+            .map(|(index, url)| {
+                BrokerNode::parse(url).map_err(|error| format!("URL {}: {error}", index + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(
+                "no URL; write e.g. amqp://user:password@host:5672/%2f, or several \
+                        separated by commas for a cluster"
+                    .into(),
+            );
+        }
+        Ok(Self(nodes))
+    }
+
+    /// The nodes, in the order written.
+    pub fn nodes(&self) -> &[BrokerNode] {
+        &self.0
+    }
+
+    /// `AMQP_URL` again, as a child process is given it.
+    pub fn to_env(&self) -> String {
+        let urls: Vec<&str> = self.0.iter().map(BrokerNode::url).collect();
+        urls.join(",")
+    }
+}
+
+/// Clap's reader of `AMQP_URL`: unlike clap's own error, which quotes the value, its error names
+/// the setting and what is wrong without repeating a URL that may hold a password.
+#[derive(Clone, Copy, Debug)]
+pub struct BrokerNodesParser;
+
+impl clap::builder::TypedValueParser for BrokerNodesParser {
+    type Value = BrokerNodes;
+
+    fn parse_ref(
+        &self,
+        _command: &clap::Command,
+        _argument: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidUtf8,
+                "AMQP_URL is not valid UTF-8\n",
+            )
+        })?;
+        BrokerNodes::parse(text).map_err(|error| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid AMQP_URL: {error}\n"),
+            )
+        })
+    }
+}
+
+/// Connections to a deployment's nodes in turn: the nodes are shuffled once, so that a fleet of
+/// processes spreads over a cluster, and each attempt starts at the node after the one last used,
+/// so that a process whose node died moves on to the next instead of waiting for it.
+#[derive(Debug)]
+pub struct NodeRing {
+    nodes: Vec<BrokerNode>,
+    next: usize,
+}
+
+impl NodeRing {
+    /// The nodes of `nodes` in a random order.
+    pub fn shuffled(nodes: &BrokerNodes) -> Self {
+        let mut nodes = nodes.0.clone();
+        // Fisher–Yates; the order only spreads load, so a failed random source keeps the written one.
+        for index in (1..nodes.len()).rev() {
+            let Ok(random) = getrandom::u64() else { break };
+            let other = usize::try_from(random % (index as u64 + 1)).unwrap_or(index);
+            nodes.swap(index, other);
+        }
+        Self { nodes, next: 0 }
+    }
+
+    /// Tries each node once, from the one after the last connected; the connection, named `name`,
+    /// and its node. Marks the node in the `resetmail_broker_connected` gauge.
+    pub async fn connect(&mut self, name: &str) -> Result<(Connection, BrokerNode), ConnectError> {
+        let mut failures = Vec::new();
+        for offset in 0..self.nodes.len() {
+            let index = (self.next + offset) % self.nodes.len();
+            let node = &self.nodes[index];
+            match connect(node.url(), name).await {
+                Ok(connection) => {
+                    self.next = index + 1;
+                    metrics::gauge!("resetmail_broker_connected", "node" => node.label.clone())
+                        .set(1.0);
+                    return Ok((connection, node.clone()));
+                }
+                Err(error) => failures.push(format!("{}: {error}", node.label)),
+            }
+        }
+        // The next round starts after the node that answered last, whatever failed since.
+        Err(ConnectError::NoNode(failures.join("; ")))
+    }
+
+    /// Records that the connection to `node` is gone (the gauge back to 0).
+    pub fn lost(&self, node: &BrokerNode) {
+        metrics::gauge!("resetmail_broker_connected", "node" => node.label.clone()).set(0.0);
+    }
+}
+
+/// Describes the broker metrics every binary shares.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "resetmail_broker_connected",
+        "1 for the broker node (label `node`, host:port) this process is connected to, 0 for the \
+         nodes it was connected to before"
+    );
 }
 
 /// Exponential backoff: each delay doubles, up to a ceiling.
@@ -119,5 +287,49 @@ pub async fn publish_confirmed(
     match confirmation.take_message() {
         Some(returned) => Err(ConfirmError::Returned(returned.reply_text.to_string())),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_url_lists_its_nodes_labelled_without_credentials() {
+        let nodes = BrokerNodes::parse(
+            "amqp://app:s3cret@rabbit-1:5672/%2f, amqp://app:s3cret@rabbit-2/%2f,",
+        )
+        .expect("two URLs");
+        let labels: Vec<&str> = nodes.nodes().iter().map(BrokerNode::label).collect();
+        assert_eq!(labels, ["rabbit-1:5672", "rabbit-2:5672"]);
+        assert!(!format!("{nodes:?}").contains("s3cret"));
+        assert_eq!(
+            nodes.to_env(),
+            "amqp://app:s3cret@rabbit-1:5672/%2f,amqp://app:s3cret@rabbit-2/%2f"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_named_by_its_place_and_its_password_is_not_repeated() {
+        let error = BrokerNodes::parse("amqp://app:s3cret@rabbit-1/%2f,http://app:s3cret@x:y")
+            .expect_err("a bad second URL");
+        assert!(error.starts_with("URL 2: "), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(BrokerNodes::parse(" , ").is_err());
+    }
+
+    #[test]
+    fn a_shuffled_ring_keeps_every_node_once() {
+        let nodes = BrokerNodes::parse(
+            "amqp://h1/%2f,amqp://h2/%2f,amqp://h3/%2f,amqp://h4/%2f,amqp://h5/%2f",
+        )
+        .expect("five URLs");
+        let ring = NodeRing::shuffled(&nodes);
+        let mut labels: Vec<&str> = ring.nodes.iter().map(BrokerNode::label).collect();
+        labels.sort_unstable();
+        assert_eq!(
+            labels,
+            ["h1:5672", "h2:5672", "h3:5672", "h4:5672", "h5:5672"]
+        );
     }
 }

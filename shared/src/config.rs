@@ -47,16 +47,18 @@ pub enum AccountSource {
 /// Where the broker is and how the queues are named.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BrokerConfig {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; for a cluster, one URL per node separated by commas (each process connects
+    /// to one of them, in a random order, and moves to the next when its node is lost).
     #[arg(
         id = "amqp_url",
         long = "amqp-url",
         value_name = "URL",
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = crate::amqp::BrokerNodesParser
     )]
-    pub url: String,
+    pub nodes: crate::amqp::BrokerNodes,
     /// Prefix of every queue and exchange name.
     #[arg(
         long = "queue-prefix",
@@ -64,7 +66,7 @@ pub struct BrokerConfig {
         default_value = "resetmail"
     )]
     pub queue_prefix: String,
-    /// Type of the work queue (`classic` or `quorum`); it cannot change once the queue exists.
+    /// Type of every queue (`classic` or `quorum`); it cannot change once the queues exist.
     #[arg(long = "queue-type", env = "RESETMAIL_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
     pub queue_type: QueueType,
     /// Delays before each retry of a transient failure, one delay queue each; after the last, the
@@ -95,12 +97,13 @@ impl RetryDelays {
     }
 }
 
-/// RabbitMQ queue type of the work queue.
+/// RabbitMQ type of every queue resetmail declares.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueType {
     /// Classic durable queue.
     Classic,
-    /// Replicated quorum queue, with a delivery limit.
+    /// Replicated quorum queues (RabbitMQ 3.10 or later): a delivery limit on the work queue, and
+    /// dead-lettering between the queues at least once.
     Quorum,
 }
 

@@ -1,4 +1,6 @@
-//! The AMQP topology, declared identically by both binaries from this one place (DESIGN.md §2).
+//! The AMQP topology, declared identically by both binaries from this one place
+//! (docs/ARCHITECTURE.md). With `RESETMAIL_QUEUE_TYPE=quorum` every queue is a quorum queue and
+//! dead-lettering between them is at least once (docs/SCALING.md).
 
 use lapin::{
     Channel, ExchangeKind,
@@ -86,12 +88,7 @@ impl Topology {
     }
 
     /// Declares everything; idempotent, and safe for any number of processes to run at once.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-
+    pub async fn declare(&self, channel: &Channel) -> Result<(), DeclareError> {
         // Fanout: whatever routing key a dead letter carries, it lands in the one dead-letter queue.
         channel
             .exchange_declare(
@@ -103,64 +100,147 @@ impl Topology {
                 },
                 FieldTable::default(),
             )
-            .await?;
-        channel
-            .queue_declare(
-                self.dead_letter_queue().into(),
-                durable,
-                FieldTable::default(),
-            )
+            .await
+            .map_err(|source| DeclareError::new(self.dead_letter_exchange(), source))?;
+
+        let dead = self.dead_letter_queue();
+        self.declare_queue(channel, &dead, self.queue_arguments())
             .await?;
         channel
             .queue_bind(
-                self.dead_letter_queue().into(),
+                dead.as_str().into(),
                 self.dead_letter_exchange().into(),
                 "".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .map_err(|source| DeclareError::new(dead.clone(), source))?;
 
-        let mut work = FieldTable::default();
+        let mut work = self.queue_arguments();
         // A message the worker rejects (it cannot be decoded, or it must never be retried) goes to
         // the dead letters instead of vanishing.
-        insert_str(
-            &mut work,
-            "x-dead-letter-exchange",
-            &self.dead_letter_exchange(),
-        );
+        self.dead_letter_to(&mut work, &self.dead_letter_exchange(), None);
         match self.queue_type {
+            // Explicit, as the work queue was always declared.
             QueueType::Classic => insert_str(&mut work, "x-queue-type", "classic"),
+            // Quorum queues count redeliveries; past the limit the message is dead-lettered rather
+            // than crash-looping workers forever.
             QueueType::Quorum => {
-                insert_str(&mut work, "x-queue-type", "quorum");
-                // Quorum queues count redeliveries; past the limit the message is dead-lettered
-                // rather than crash-looping workers forever.
                 work.insert(
                     "x-delivery-limit".into(),
                     AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT),
                 );
             }
         }
-        channel
-            .queue_declare(self.work_queue().into(), durable, work)
+        self.declare_queue(channel, &self.work_queue(), work)
             .await?;
 
         for step in 0..self.retry_steps() {
             let Some((name, delay)) = self.retry_queue(step) else {
                 continue;
             };
-            let mut retry = FieldTable::default();
+            let mut retry = self.queue_arguments();
             // Nobody consumes a delay queue: each message waits out the queue's TTL, then the broker
             // dead-letters it through the default exchange straight back to the work queue.
             let ttl_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
             retry.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
-            insert_str(&mut retry, "x-dead-letter-exchange", "");
-            insert_str(&mut retry, "x-dead-letter-routing-key", &self.work_queue());
-            channel.queue_declare(name.into(), durable, retry).await?;
+            self.dead_letter_to(&mut retry, "", Some(&self.work_queue()));
+            self.declare_queue(channel, &name, retry).await?;
         }
         Ok(())
     }
+
+    /// The arguments every queue starts from: nothing for classic queues (as they always were
+    /// declared), the type for quorum queues.
+    fn queue_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            insert_str(&mut arguments, "x-queue-type", "quorum");
+        }
+        arguments
+    }
+
+    /// Makes a queue dead-letter to `exchange` (with `routing_key`, or the message's own). Between
+    /// quorum queues the move is at least once: the broker keeps the message in the source until
+    /// the target has confirmed it, so a message on its way from a retry step back to work
+    /// survives a node's death. RabbitMQ allows that only with overflow `reject-publish`.
+    fn dead_letter_to(
+        &self,
+        arguments: &mut FieldTable,
+        exchange: &str,
+        routing_key: Option<&str>,
+    ) {
+        insert_str(arguments, "x-dead-letter-exchange", exchange);
+        if let Some(routing_key) = routing_key {
+            insert_str(arguments, "x-dead-letter-routing-key", routing_key);
+        }
+        if self.queue_type == QueueType::Quorum {
+            insert_str(arguments, "x-dead-letter-strategy", "at-least-once");
+            insert_str(arguments, "x-overflow", "reject-publish");
+        }
+    }
+
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        arguments: FieldTable,
+    ) -> Result<(), DeclareError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(name.into(), durable, arguments)
+            .await
+            .map(drop)
+            .map_err(|source| DeclareError::new(name.to_owned(), source))
+    }
 }
+
+/// Why the topology could not be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum DeclareError {
+    /// The queue exists with other arguments: declared by another `RESETMAIL_QUEUE_TYPE`, or by a
+    /// version of resetmail that declared it otherwise. RabbitMQ never changes a queue's type.
+    #[error(
+        "queue or exchange `{name}` exists with other arguments than this configuration gives it \
+         ({source}); a queue's type never changes once declared: see docs/SCALING.md, \
+         \"Moving an existing deployment to quorum queues\""
+    )]
+    Inequivalent {
+        /// The queue or exchange.
+        name: String,
+        /// The broker's refusal.
+        source: lapin::Error,
+    },
+    /// Any other failure of the broker or the connection.
+    #[error("cannot declare `{name}`: {source}")]
+    Broker {
+        /// The queue or exchange.
+        name: String,
+        /// The failure.
+        source: lapin::Error,
+    },
+}
+
+impl DeclareError {
+    fn new(name: String, source: lapin::Error) -> Self {
+        // 406 PRECONDITION_FAILED is how RabbitMQ refuses a declaration that differs from the
+        // existing queue's.
+        let refused = matches!(source.kind(), lapin::ErrorKind::ProtocolError(error)
+            if error.get_id() == PRECONDITION_FAILED);
+        if refused {
+            Self::Inequivalent { name, source }
+        } else {
+            Self::Broker { name, source }
+        }
+    }
+}
+
+/// AMQP's reply code for a declaration that does not match the existing queue.
+const PRECONDITION_FAILED: u16 = 406;
 
 /// Headers the worker sets on retried and dead-lettered messages.
 pub mod headers {

@@ -1,6 +1,10 @@
 //! Broker connections lost or closed while work is under way: nothing is lost, nothing is sent twice.
 
-use resetmail_shared::db::users::UserStatus;
+use resetmail_shared::{
+    config::{BrokerConfig, QueueType},
+    db::users::UserStatus,
+    topology::{DeclareError, Topology},
+};
 use resetmail_testkit::{
     PATIENCE,
     broker::{self, TestBroker, close_connections_named},
@@ -240,40 +244,83 @@ async fn a_stopping_worker_finishes_what_it_took_and_leaves_the_rest_queued() {
 }
 
 #[tokio::test]
-async fn a_quorum_work_queue_with_its_delivery_limit_carries_jobs_too() {
+async fn with_quorum_queues_every_queue_is_one_and_jobs_go_through_retries_and_dead_letters() {
     let db = TestDb::new().await;
     let broker = TestBroker::quorum().await;
-    let declared = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "type",
-            "arguments",
-        ])
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run rabbitmqctl: {error}"));
-    let listing = String::from_utf8_lossy(&declared.stdout).into_owned();
-    let work = listing
-        .lines()
-        .find(|line| line.starts_with(&format!("{}\t", broker.topology.work_queue())))
-        .unwrap_or_else(|| panic!("no work queue in:\n{listing}"));
-    assert!(
-        work.contains("quorum") && work.contains("x-delivery-limit"),
-        "{work}"
-    );
+    let queues = broker.declared_queues();
+    // Retry steps of the same delay share one queue.
+    let names: std::collections::BTreeSet<String> = broker.topology.queues().into_iter().collect();
+    assert_eq!(queues.len(), names.len(), "{queues:#?}");
+    for queue in &queues {
+        assert!(queue.contains("\tquorum\t"), "not a quorum queue: {queue}");
+    }
+    let dead_letters_from = |name: &str| {
+        let line = queues
+            .iter()
+            .find(|line| line.starts_with(&format!("{name}\t")))
+            .unwrap_or_else(|| panic!("{name} is not declared: {queues:#?}"));
+        assert!(
+            line.contains("at-least-once") && line.contains("reject-publish"),
+            "{name} does not dead-letter at least once: {line}"
+        );
+    };
+    dead_letters_from(&broker.topology.work_queue());
+    for step in 0..broker.topology.retry_steps() {
+        let (name, _) = broker
+            .topology
+            .retry_queue(step)
+            .unwrap_or_else(|| panic!("no retry step {step}"));
+        dead_letters_from(&name);
+    }
+
     let sink = SmtpSink::start().await;
     let api = TestApi::start(&db, &broker.config).await;
     let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[]));
     db.add_user("jane@example.com", None, None, UserStatus::Active)
         .await;
-
+    db.add_user("gone@example.com", None, None, UserStatus::Active)
+        .await;
+    // Two refusals: the job goes through two quorum retry queues and back to work.
+    sink.fail_data(451, "4.3.0 try again later", 2);
     assert_eq!(
         api.post_reset(r#"{"email":"jane@example.com"}"#).await.text,
         OK
     );
     sink.wait_for(1, PATIENCE).await;
     sent_rows(&db, 1).await;
+    assert_eq!(sink.attempts(), 3);
+
+    // A permanent refusal: the job lands in the quorum dead-letter queue.
+    sink.reject_recipient("gone@example.com", 550, "5.1.1 no such mailbox");
+    assert_eq!(
+        api.post_reset(r#"{"email":"gone@example.com"}"#).await.text,
+        OK
+    );
+    broker
+        .wait_for_count(&broker.topology.dead_letter_queue(), 1, PATIENCE)
+        .await;
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_deployment_whose_queues_are_classic_is_told_how_to_move_to_quorum() {
+    let classic = TestBroker::new().await;
+    let quorum = Topology::new(&BrokerConfig {
+        queue_type: QueueType::Quorum,
+        ..classic.config.clone()
+    });
+    let error = quorum
+        .declare(&classic.channel)
+        .await
+        .expect_err("a quorum declaration of classic queues was accepted");
+    assert!(
+        matches!(error, DeclareError::Inequivalent { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&classic.topology.dead_letter_queue())
+            && message.contains("docs/SCALING.md"),
+        "{message}"
+    );
 }

@@ -12,7 +12,7 @@ use lapin::{
     types::FieldTable,
 };
 use resetmail_shared::{
-    amqp,
+    amqp::{self, BrokerNodes},
     config::{BrokerConfig, QueueType, RetryDelays},
     topology::Topology,
 };
@@ -31,11 +31,16 @@ pub fn server_addr() -> SocketAddr {
 
 fn config(delays: &str, queue_type: QueueType) -> BrokerConfig {
     BrokerConfig {
-        url: server_url(),
+        nodes: nodes(&server_url()),
         queue_prefix: format!("test-{}", Uuid::new_v4().simple()),
         queue_type,
         retry_delays: RetryDelays::parse(delays).unwrap_or_else(|error| panic!("{error}")),
     }
+}
+
+/// `AMQP_URL` as the binaries read it.
+pub fn nodes(url: &str) -> BrokerNodes {
+    BrokerNodes::parse(url).unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// A unique prefix on the real broker, with a connection for the test's own inspections.
@@ -67,7 +72,7 @@ impl TestBroker {
 
     async fn with_config(config: BrokerConfig) -> TestBroker {
         let topology = Topology::new(&config);
-        let connection = amqp::connect(&config.url, "resetmail-test")
+        let connection = amqp::connect(&server_url(), "resetmail-test")
             .await
             .unwrap_or_else(|error| panic!("cannot reach RabbitMQ at {}: {error}", server_url()));
         let channel = connection
@@ -93,9 +98,31 @@ impl TestBroker {
     /// The same configuration, but reaching the broker through `port` (a proxy).
     pub fn config_via(&self, port: u16) -> BrokerConfig {
         BrokerConfig {
-            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            nodes: nodes(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
             ..self.config.clone()
         }
+    }
+
+    /// Every queue of this prefix as the broker lists it (`rabbitmqctl list_queues`): name, type
+    /// and arguments, one line each.
+    pub fn declared_queues(&self) -> Vec<String> {
+        let output = std::process::Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "type",
+                "arguments",
+            ])
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run rabbitmqctl: {error}"));
+        let prefix = format!("{}.", self.config.queue_prefix);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Messages ready in `queue`.

@@ -13,7 +13,7 @@ use lapin::{
 };
 use resetmail_shared::{
     Job,
-    amqp::{self, Backoff},
+    amqp::{self, Backoff, BrokerNode, NodeRing},
     topology::Topology,
 };
 use tokio::sync::Notify;
@@ -48,9 +48,11 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
     let topology = Topology::new(&worker.config.broker);
     let tracker = TaskTracker::new();
     let mut backoff = Backoff::default();
+    let mut nodes = NodeRing::shuffled(&worker.config.broker.nodes);
     while !shutdown.is_cancelled() {
-        match open(&worker, &topology).await {
-            Ok((connection, channel, publisher)) => {
+        match open(&worker, &topology, &mut nodes).await {
+            Ok((connection, channel, publisher, node)) => {
+                tracing::info!(node = node.label(), "connected to the broker");
                 backoff.reset();
                 let session = Arc::new(Session {
                     worker: worker.clone(),
@@ -60,6 +62,7 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
                     stopping: shutdown.clone(),
                 });
                 let end = run_session(&session, &channel, &tracker, &shutdown).await;
+                nodes.lost(&node);
                 if let SessionEnd::Shutdown = end {
                     let close = connection.close(200, "worker shutting down".into());
                     let _ = tokio::time::timeout(amqp::CONNECT_TIMEOUT, close).await;
@@ -67,6 +70,7 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
                     return;
                 }
                 tracing::warn!(
+                    node = node.label(),
                     "lost the broker connection; reconnecting (unacked jobs will be redelivered)"
                 );
             }
@@ -80,26 +84,35 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
     drain(&tracker, worker.config.shutdown_timeout).await;
 }
 
+/// Connects to the next node that answers: a consuming channel, and a confirm-mode channel of its
+/// own for retry copies and dead letters.
 async fn open(
     worker: &Worker,
     topology: &Topology,
-) -> anyhow::Result<(Connection, Channel, Channel)> {
-    let connection = amqp::connect(
-        &worker.config.broker.url,
-        &topology.connection_name("resetmail-worker"),
-    )
-    .await?;
-    let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
-    channel
-        .basic_qos(worker.config.concurrency, BasicQosOptions::default())
+    nodes: &mut NodeRing,
+) -> anyhow::Result<(Connection, Channel, Channel, BrokerNode)> {
+    let (connection, node) = nodes
+        .connect(&topology.connection_name("resetmail-worker"))
         .await?;
-    // Retry copies and dead letters go out on a channel of their own, with confirms.
-    let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok((connection, channel, publisher))
+    let channels = async {
+        let channel = connection.create_channel().await?;
+        topology.declare(&channel).await?;
+        channel
+            .basic_qos(worker.config.concurrency, BasicQosOptions::default())
+            .await?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        anyhow::Ok((channel, publisher))
+    };
+    match channels.await {
+        Ok((channel, publisher)) => Ok((connection, channel, publisher, node)),
+        Err(error) => {
+            nodes.lost(&node);
+            Err(error.context(format!("on broker node {}", node.label())))
+        }
+    }
 }
 
 /// Consumes on `channel`, pausing when told to, until shutdown or the connection is lost.

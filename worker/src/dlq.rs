@@ -110,11 +110,9 @@ impl Dlq {
     /// Connects and declares the topology (so the queues exist even before any worker ran).
     pub async fn open(config: &BrokerConfig) -> anyhow::Result<Self> {
         let topology = Topology::new(config);
-        let connection = amqp::connect(
-            &config.url,
-            &topology.connection_name("resetmail-worker dlq"),
-        )
-        .await?;
+        let (connection, _node) = amqp::NodeRing::shuffled(&config.nodes)
+            .connect(&topology.connection_name("resetmail-worker dlq"))
+            .await?;
         let channel = connection.create_channel().await?;
         topology
             .declare(&channel)

@@ -22,6 +22,7 @@ pub const JOB_OUTCOMES: [&str; 12] = [
 /// Describes every series and makes it present at zero; `retry_steps` is the number of retry
 /// steps (each failed attempt up to it has its `step` label). Call once the recorder is installed.
 pub fn register(retry_steps: usize) {
+    resetmail_shared::amqp::describe_metrics();
     metrics::describe_counter!(
         "resetmail_worker_jobs_total",
         "Handled deliveries, by outcome"

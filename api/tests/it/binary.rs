@@ -25,7 +25,7 @@ pub fn environment(database: &DatabaseConfig, broker: &TestBroker) -> Vec<(&'sta
         .collect();
     vec![
         ("DATABASE_URL", database.url.clone()),
-        ("AMQP_URL", broker.config.url.clone()),
+        ("AMQP_URL", broker.config.nodes.to_env()),
         ("RESETMAIL_QUEUE_PREFIX", broker.config.queue_prefix.clone()),
         ("RESETMAIL_RETRY_DELAYS", delays.join(",")),
         ("RESETMAIL_HTTP_ADDR", "127.0.0.1:0".into()),

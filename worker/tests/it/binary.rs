@@ -34,7 +34,7 @@ pub(crate) fn environment(
         .collect();
     vec![
         ("DATABASE_URL", database.url.clone()),
-        ("AMQP_URL", broker.config.url.clone()),
+        ("AMQP_URL", broker.config.nodes.to_env()),
         ("RESETMAIL_QUEUE_PREFIX", broker.config.queue_prefix.clone()),
         ("RESETMAIL_RETRY_DELAYS", delays.join(",")),
         ("RESETMAIL_SMTP_URL", sink.url()),

@@ -41,7 +41,7 @@ struct Run {
 async fn run_worker(db: &TestDb, broker: &TestBroker, args: &[&str]) -> Run {
     let env = [
         ("DATABASE_URL", db.config.url.clone()),
-        ("AMQP_URL", broker.config.url.clone()),
+        ("AMQP_URL", broker.config.nodes.to_env()),
         ("RESETMAIL_QUEUE_PREFIX", broker.config.queue_prefix.clone()),
         (
             "RESETMAIL_RETRY_DELAYS",
