@@ -8,6 +8,7 @@
 #   scripts/cluster.sh start-node N start node N (1-3) alone; it rejoins the cluster by itself
 #   scripts/cluster.sh kill N       SIGKILL node N, as a crash would
 #   scripts/cluster.sh urls         AMQP_URL for the three nodes
+#   scripts/cluster.sh ctl N ARGS   rabbitmqctl ARGS on node N, e.g. `ctl 1 list_queues name leader`
 #
 # Each node has its own name (resetmail-<port>@localhost), AMQP port, distribution port, Erlang
 # cookie, data and logs (under RESETMAIL_CLUSTER_DIR), and no plugins, so the machine's own
@@ -184,5 +185,6 @@ case ${1:-} in
   start-node) n=$(node_arg "${2:-}"); prepare; start_node "$n" ;;
   kill) cmd_kill "$(node_arg "${2:-}")" ;;
   urls) cmd_urls ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  ctl) n=$(node_arg "${2:-}"); shift 2; ctl "$n" "$@" ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

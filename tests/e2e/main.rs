@@ -6,6 +6,7 @@ mod api_reset;
 mod captcha;
 mod cloudreve;
 mod dkim;
+mod failover;
 mod flow;
 mod harness;
 mod operator;

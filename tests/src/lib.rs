@@ -1,11 +1,14 @@
 //! Fixtures for resetmail's tests, on real services: a fresh PostgreSQL database per test, a unique
 //! RabbitMQ queue prefix per test (both removed afterwards, even when the test fails), an in-process
-//! SMTP server over TCP, a TCP proxy that can cut a connection to simulate an outage, and the
-//! binaries run as child processes. `cloudreve` makes the database a Cloudreve v4 site's instead.
+//! SMTP server over TCP, a TCP proxy that can cut a connection to simulate an outage, the
+//! binaries run as child processes, and a RabbitMQ cluster and a PostgreSQL server of a test's own
+//! to kill and restart. `cloudreve` makes the database a Cloudreve v4 site's instead.
 
 pub mod broker;
 pub mod cloudreve;
+pub mod cluster;
 pub mod db;
+pub mod pg_server;
 pub mod process;
 pub mod proxy;
 pub mod smtp_sink;

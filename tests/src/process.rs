@@ -14,6 +14,19 @@ use tokio::{
     sync::watch,
 };
 
+/// The path of the workspace binary `name` (`resetmail-api`, `resetmail-worker`), built beside the
+/// test binary: `cargo nextest run --workspace` builds both, for their own packages' tests.
+pub fn binary(name: &str) -> String {
+    let built = std::env::current_exe()
+        .ok()
+        .and_then(|test| Some(test.parent()?.parent()?.join(name)))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!("{name} is not built beside this test; run the workspace's tests, or `cargo build -p {name}`")
+        });
+    built.to_string_lossy().into_owned()
+}
+
 /// A running binary; killed when dropped.
 pub struct Process {
     child: Child,

@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 use crate::{
     Worker,
     outcome::{DeadClass, Failure, JobOutcome},
-    settle::{Attempt, settle},
+    settle::{Attempt, requeue, settle},
 };
 
 /// How a consuming session on one connection ended.
@@ -144,11 +144,15 @@ async fn run_session(
         let consuming_since = std::time::Instant::now();
         tracing::info!(queue = %session.topology.work_queue(), concurrency = config.concurrency, "consuming jobs");
         session.worker.health.set_consuming(true);
-        let stop = take_deliveries(session, consumer, tracker, shutdown).await;
+        let mut consumer = consumer;
+        let stop = take_deliveries(session, &mut consumer, tracker, shutdown).await;
         session.worker.health.set_consuming(false);
         // Whatever the reason, take no new deliveries; those in flight still settle on this connection.
         let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
         let _ = tokio::time::timeout(amqp::CONNECT_TIMEOUT, cancel).await;
+        if !matches!(stop, Stop::Lost) {
+            requeue_untaken(&mut consumer).await;
+        }
         match stop {
             Stop::Lost => return SessionEnd::Lost,
             Stop::Shutdown => {
@@ -188,7 +192,7 @@ enum Stop {
 /// Hands each delivery to its own task until something asks to stop.
 async fn take_deliveries(
     session: &Arc<Session>,
-    mut consumer: Consumer,
+    consumer: &mut Consumer,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Stop {
@@ -209,6 +213,26 @@ async fn take_deliveries(
         }
     }
 }
+
+/// Requeues the deliveries the broker sent before the cancel took effect, which wait in the consumer
+/// untaken: left there they would stay unacknowledged on this channel, out of every worker's reach,
+/// until the connection closes. The consumer ends once the cancel is through; a consumer that has
+/// nothing more within [`UNTAKEN_WAIT`] is taken to be empty.
+async fn requeue_untaken(consumer: &mut Consumer) {
+    let mut requeued = 0_u32;
+    while let Ok(Some(Ok(delivery))) = tokio::time::timeout(UNTAKEN_WAIT, consumer.next()).await {
+        if let Err(error) = requeue(&delivery).await {
+            tracing::warn!(%error, "cannot requeue a delivery the worker did not take; the broker will redeliver it when the connection closes");
+        }
+        requeued += 1;
+    }
+    if requeued > 0 {
+        tracing::info!(requeued, "deliveries not yet taken went back to the queue");
+    }
+}
+
+/// How long [`requeue_untaken`] waits for one more delivery.
+const UNTAKEN_WAIT: Duration = Duration::from_millis(200);
 
 /// Waits for the jobs in flight, at most `limit`; those still running then are redelivered later.
 async fn drain(tracker: &TaskTracker, limit: Duration) {

@@ -177,7 +177,8 @@ async fn ack(delivery: &Delivery) -> lapin::Result<bool> {
     delivery.acker.ack(BasicAckOptions::default()).await
 }
 
-async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {
+/// Gives the delivery back to the queue, for any consumer to take (`basic.nack` with requeue).
+pub(crate) async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {
     delivery
         .acker
         .nack(BasicNackOptions {
