@@ -2,7 +2,10 @@
 //! open by a supervisor that reconnects with backoff. A publish succeeds only on the broker's confirm.
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -70,7 +73,14 @@ struct Inner {
     channel: RwLock<Option<Channel>>,
     /// Wakes the supervisor to check the connection after a failed publish.
     suspect: Notify,
+    /// Publishes in a row that got no confirm in time; reset by any confirmed publish.
+    unconfirmed: AtomicU32,
 }
+
+/// Publishes in a row without a confirm after which the connection counts as lost although it is
+/// open: its node takes messages and confirms none (a queue without a leader, a node cut off from
+/// its cluster), and the next node may do better.
+const UNCONFIRMED_LIMIT: u32 = 3;
 
 impl Publisher {
     /// Starts the supervisor that connects (and reconnects) to the broker; it stops on `shutdown`.
@@ -86,6 +96,7 @@ impl Publisher {
                 confirm_timeout,
                 channel: RwLock::new(None),
                 suspect: Notify::new(),
+                unconfirmed: AtomicU32::new(0),
             }),
         };
         tokio::spawn(
@@ -108,11 +119,17 @@ impl Publisher {
         let result = self.publish_confirmed(job).await;
         metrics::histogram!("resetmail_api_publish_seconds")
             .record(started.elapsed().as_secs_f64());
-        if let Err(error) = &result {
-            metrics::counter!("resetmail_api_publish_failures_total", "reason" => error.reason())
-                .increment(1);
-            if !matches!(error, PublishError::Encode(_)) {
-                self.inner.suspect.notify_one();
+        match &result {
+            Ok(()) => self.inner.unconfirmed.store(0, Ordering::Relaxed),
+            Err(error) => {
+                metrics::counter!("resetmail_api_publish_failures_total", "reason" => error.reason())
+                    .increment(1);
+                if let PublishError::Timeout(_) = error {
+                    self.inner.unconfirmed.fetch_add(1, Ordering::Relaxed);
+                }
+                if !matches!(error, PublishError::Encode(_)) {
+                    self.inner.suspect.notify_one();
+                }
             }
         }
         result
@@ -156,11 +173,16 @@ impl Publisher {
                     self.set_current(None);
                     nodes.lost(&node);
                     // Closing a connection that is already gone fails; nothing more to do then.
-                    let close = connection.close(200, "closing".into());
-                    let _ = tokio::time::timeout(amqp::CONNECT_TIMEOUT, close).await;
+                    // A lost one is closed aside: a hung node would hold up the next connection.
+                    let close = async move {
+                        let close = connection.close(200, "closing".into());
+                        let _ = tokio::time::timeout(amqp::CONNECT_TIMEOUT, close).await;
+                    };
                     if !lost {
+                        close.await;
                         return;
                     }
+                    tokio::spawn(close);
                     tracing::warn!(
                         node = node.label(),
                         "lost the broker connection; reconnecting"
@@ -207,8 +229,17 @@ impl Publisher {
         shutdown: &CancellationToken,
     ) -> bool {
         let mut events = connection.events_listener();
+        self.inner.unconfirmed.store(0, Ordering::Relaxed);
         loop {
             if !connection.status().connected() || !channel.status().connected() {
+                return true;
+            }
+            let unconfirmed = self.inner.unconfirmed.load(Ordering::Relaxed);
+            if unconfirmed >= UNCONFIRMED_LIMIT {
+                tracing::warn!(
+                    unconfirmed,
+                    "the broker confirms none of the publishes; leaving its node"
+                );
                 return true;
             }
             tokio::select! {

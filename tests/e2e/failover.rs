@@ -36,13 +36,13 @@ const OK: &str = r#"{"code":0,"msg":""}"#;
 
 /// Clients sending requests at once, each at most one request per [`PACE`].
 const CLIENTS: usize = 2;
-const PACE: Duration = Duration::from_millis(10);
+const PACE: Duration = Duration::from_millis(40);
 
 /// How long after an outage begins (or ends) a refusal still counts as caused by it.
 const OUTAGE_WINDOW: Duration = Duration::from_secs(30);
 
 /// Accounts made for the stream; it stops, failing the test, if it runs out.
-const ACCOUNTS: usize = 30_000;
+const ACCOUNTS: usize = 20_000;
 
 /// Requests confirmed in each phase: before the outage, during it, after it.
 const PER_PHASE: usize = 100;
@@ -59,7 +59,9 @@ async fn killing_the_broker_node_that_leads_the_work_queue_loses_no_confirmed_re
     let deployment = Deployment::start(&db.config.url, &cluster.urls(), &prefix, "quorum").await;
     let stream = Stream::start(deployment.api_addr.clone());
 
-    stream.wait_confirmed_since(None, PER_PHASE, PATIENCE).await;
+    deployment
+        .confirmed(&stream, None, PER_PHASE, PATIENCE)
+        .await;
     deployment.sink.wait_for(PER_PHASE / 2, PATIENCE).await;
 
     let leader = cluster.leader(&format!("{prefix}.jobs"), 1).await;
@@ -69,16 +71,16 @@ async fn killing_the_broker_node_that_leads_the_work_queue_loses_no_confirmed_re
     let in_flight = stream.confirmed_not_in(&emailed);
 
     // Recovery without a restart: requests confirmed after the kill, and emailed.
-    let after_kill = stream
-        .wait_confirmed_since(Some(killed_at), PER_PHASE, 4 * PATIENCE)
+    let after_kill = deployment
+        .confirmed(&stream, Some(killed_at), PER_PHASE, 4 * PATIENCE)
         .await;
     let recovered_in = after_kill[0].answered_at - killed_at;
     wait_emailed(&deployment.sink, &after_kill[..1], 2 * PATIENCE).await;
 
     let restarted_at = Instant::now();
     cluster.start_node(leader).await;
-    stream
-        .wait_confirmed_since(Some(Instant::now()), PER_PHASE, 2 * PATIENCE)
+    deployment
+        .confirmed(&stream, Some(Instant::now()), PER_PHASE, 2 * PATIENCE)
         .await;
     let answers = stream.stop().await;
 
@@ -125,14 +127,16 @@ async fn restarting_postgresql_mid_stream_loses_no_confirmed_request_and_sends_n
     .await;
     let stream = Stream::start(deployment.api_addr.clone());
 
-    stream.wait_confirmed_since(None, PER_PHASE, PATIENCE).await;
+    deployment
+        .confirmed(&stream, None, PER_PHASE, PATIENCE)
+        .await;
     deployment.sink.wait_for(PER_PHASE / 2, PATIENCE).await;
 
     let down_at = Instant::now();
     server.down().await;
     // The api queues requests without the database; the worker meets the refusal and waits.
-    stream
-        .wait_confirmed_since(Some(down_at), PER_PHASE, 2 * PATIENCE)
+    deployment
+        .confirmed(&stream, Some(down_at), PER_PHASE, 2 * PATIENCE)
         .await;
     deployment
         .worker
@@ -144,8 +148,8 @@ async fn restarting_postgresql_mid_stream_loses_no_confirmed_request_and_sends_n
         .await;
     let up_at = Instant::now();
     server.up().await;
-    let after = stream
-        .wait_confirmed_since(Some(Instant::now()), PER_PHASE, 2 * PATIENCE)
+    let after = deployment
+        .confirmed(&stream, Some(Instant::now()), PER_PHASE, 2 * PATIENCE)
         .await;
     wait_emailed(&deployment.sink, &after[..1], 2 * PATIENCE).await;
     let answers = stream.stop().await;
@@ -223,6 +227,33 @@ impl Deployment {
             worker_addr,
             sink,
         }
+    }
+
+    /// Waits for `n` confirmed requests answered after `since`; fails with how requests were
+    /// answered and both binaries' logs.
+    async fn confirmed(
+        &self,
+        stream: &Stream,
+        since: Option<Instant>,
+        n: usize,
+        within: Duration,
+    ) -> Vec<Answer> {
+        match stream.confirmed_since(since, n, within).await {
+            Ok(confirmed) => confirmed,
+            Err(why) => panic!("{why}; {}", self.save_logs()),
+        }
+    }
+
+    /// Writes both binaries' logs to temporary files; where they are.
+    fn save_logs(&self) -> String {
+        let run = Uuid::new_v4().simple();
+        let mut saved = Vec::new();
+        for (name, process) in [("api", &self.api), ("worker", &self.worker)] {
+            let path = std::env::temp_dir().join(format!("resetmail-failover-{run}-{name}.log"));
+            let _ = std::fs::write(&path, process.stderr().join("\n"));
+            saved.push(format!("the {name}'s log: {}", path.display()));
+        }
+        saved.join(", ")
     }
 
     /// Waits until every confirmed request is emailed and checks the stream's answers against the
@@ -434,22 +465,39 @@ impl Stream {
             .clone()
     }
 
-    /// Waits until `n` requests answered after `since` (or at all) were confirmed; those requests.
-    async fn wait_confirmed_since(
+    /// The requests answered after `since` (or all) and confirmed, once there are `n`; or, after
+    /// `within`, how the requests after `since` were answered.
+    async fn confirmed_since(
         &self,
         since: Option<Instant>,
         n: usize,
         within: Duration,
-    ) -> Vec<Answer> {
-        eventually(&format!("{n} requests answered code 0"), within, || async {
-            let confirmed: Vec<Answer> = self
+    ) -> Result<Vec<Answer>, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let answers: Vec<Answer> = self
                 .answers()
                 .into_iter()
-                .filter(|answer| answer.is_ok() && since.is_none_or(|t| answer.answered_at >= t))
+                .filter(|answer| since.is_none_or(|t| answer.answered_at >= t))
                 .collect();
-            (confirmed.len() >= n).then_some(confirmed)
-        })
-        .await
+            let confirmed: Vec<Answer> = answers.iter().filter(|a| a.is_ok()).cloned().collect();
+            if confirmed.len() >= n {
+                return Ok(confirmed);
+            }
+            if Instant::now() >= deadline {
+                let mut tally = std::collections::BTreeMap::<String, usize>::new();
+                for answer in &answers {
+                    *tally
+                        .entry(format!("{} {}", answer.status, answer.body))
+                        .or_default() += 1;
+                }
+                return Err(format!(
+                    "{} of {n} requests confirmed after {within:?}; the answers: {tally:?}",
+                    confirmed.len()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Addresses whose request is confirmed by now and not among `emailed`: jobs in flight.

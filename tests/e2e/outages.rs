@@ -59,6 +59,38 @@ async fn a_worker_that_loses_its_connection_with_jobs_in_flight_loses_none_and_s
 }
 
 #[tokio::test]
+async fn a_worker_given_several_nodes_consumes_through_another_when_its_node_dies() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    // Two proxies in front of the one broker stand for two nodes of a cluster.
+    let nodes = [
+        TcpProxy::start(broker::server_addr()).await,
+        TcpProxy::start(broker::server_addr()).await,
+    ];
+    let config = broker.config_via_nodes(&[nodes[0].port(), nodes[1].port()]);
+    let worker = TestWorker::start(worker_config(&db.config, &config, &sink, &[]));
+    db.add_user("first@example.com", None, None, UserStatus::Active)
+        .await;
+    publish(&broker, &job_for("first@example.com")).await;
+    sink.wait_for(1, PATIENCE).await;
+    let used = nodes
+        .iter()
+        .position(|node| node.live_connections() > 0)
+        .unwrap_or_else(|| panic!("the worker holds no connection through either node"));
+
+    nodes[used].cut();
+    let other = &nodes[1 - used];
+    other.wait_for_live_connections(1, PATIENCE).await;
+    db.add_user("second@example.com", None, None, UserStatus::Active)
+        .await;
+    publish(&broker, &job_for("second@example.com")).await;
+    sink.wait_for(2, PATIENCE).await;
+    assert_eq!(per_recipient(&sink).len(), 2);
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn requests_keep_their_promise_while_the_broker_closes_every_connection() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;

@@ -125,6 +125,19 @@ impl TestBroker {
             .collect()
     }
 
+    /// The same configuration, but with `AMQP_URL` listing the broker once per proxy port, as if
+    /// each were a node of a cluster.
+    pub fn config_via_nodes(&self, ports: &[u16]) -> BrokerConfig {
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|port| format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+            .collect();
+        BrokerConfig {
+            nodes: nodes(&urls.join(",")),
+            ..self.config.clone()
+        }
+    }
+
     /// Messages ready in `queue`.
     pub async fn count(&self, queue: &str) -> u32 {
         self.inspect(queue).await.message_count()

@@ -4,6 +4,8 @@
 //! upstream address. [`TcpProxy::cut`] shuts down every forwarded connection at once (both the
 //! client and the upstream side see end-of-stream) and makes the proxy close new connections as
 //! soon as it accepts them, while keeping its port; [`TcpProxy::restore`] forwards again.
+//! [`TcpProxy::stall`] keeps every connection open but forwards nothing more, in either direction:
+//! a peer that hangs (a node that takes messages and answers none).
 
 use std::collections::HashMap;
 use std::io;
@@ -34,6 +36,8 @@ struct Shared {
     /// The number of live forwarded connections, for waiting on it.
     live: watch::Sender<usize>,
     accepted: AtomicU32,
+    /// True while the proxy forwards nothing (see [`TcpProxy::stall`]).
+    stalled: watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +82,7 @@ impl TcpProxy {
             state: Mutex::new(State::default()),
             live: watch::Sender::new(0),
             accepted: AtomicU32::new(0),
+            stalled: watch::Sender::new(false),
         });
         let accept_task = tokio::spawn(accept_loop(listener, upstream, Arc::clone(&shared)));
         TcpProxy {
@@ -111,6 +116,17 @@ impl TcpProxy {
         let mut state = self.shared.state();
         state.cut = true;
         self.shared.shut_down_all(&mut state);
+    }
+
+    /// Keeps every connection open, and accepts new ones, but forwards no byte more in either
+    /// direction until [`TcpProxy::unstall`]: what reaches the proxy waits in its sockets.
+    pub fn stall(&self) {
+        self.shared.stalled.send_replace(true);
+    }
+
+    /// Forwards again after [`TcpProxy::stall`], what waited first.
+    pub fn unstall(&self) {
+        self.shared.stalled.send_replace(false);
     }
 
     /// Forwards new connections again after [`TcpProxy::cut`].
@@ -207,7 +223,47 @@ async fn forward(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
         // Cut while connecting upstream.
         return;
     };
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let (client_read, client_write) = client.split();
+    let (upstream_read, upstream_write) = upstream.split();
+    tokio::join!(
+        pipe(client_read, upstream_write, shared.stalled.subscribe()),
+        pipe(upstream_read, client_write, shared.stalled.subscribe()),
+    );
+}
+
+/// Copies `from` to `to` until `from` ends (then shuts `to` down), pausing while stalled.
+async fn pipe(
+    mut from: tokio::net::tcp::ReadHalf<'_>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
+    mut stalled: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        if !until(&mut stalled, false).await {
+            return;
+        }
+        tokio::select! {
+            read = from.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+                Ok(n) => {
+                    if to.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            // Reading is cancel-safe: nothing is lost by starting over once unstalled.
+            _ = until(&mut stalled, true) => {}
+        }
+    }
+}
+
+/// Waits until the proxy's stall is `value`; false if the proxy is gone.
+async fn until(stalled: &mut watch::Receiver<bool>, value: bool) -> bool {
+    stalled.wait_for(|stalled| *stalled == value).await.is_ok()
 }
 
 /// Splits off a duplicate handle on the socket, so `cut` can shut it down from outside the task.
