@@ -28,7 +28,8 @@ use crate::{Options, baselines::WORKER_CONCURRENCY, load::HttpClient};
 pub struct Run {
     pub name: String,
     pub database_url: String,
-    admin_url: String,
+    /// The server's maintenance database (`DATABASE_URL`), for what must not count as the run's.
+    pub admin_url: String,
     amqp_url: String,
     pub topology: Topology,
     broker: lapin::Connection,
