@@ -13,6 +13,7 @@
 
 mod api;
 mod baselines;
+mod broker_node;
 mod footprint;
 mod job_transaction;
 mod load;

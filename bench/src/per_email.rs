@@ -89,6 +89,13 @@ pub fn print(report: &Report) {
             pg.wal_bytes
         );
     }
+    for row in &report.api {
+        println!(
+            "  api, CPU ms per request at {} clients: resetmail-api {:.3}, RabbitMQ {:.3} (the node \
+             the bench uses)",
+            row.clients, row.api_parts.resetmail, row.api_parts.rabbitmq
+        );
+    }
     println!(
         "  stmts = {CLAIM_STATEMENTS:.0} per claim transaction (BEGIN, INSERT … ON CONFLICT, the \
          accounts' SELECT … FOR NO KEY UPDATE, the counts' SELECT, the decisions' UPDATE, COMMIT) \
@@ -116,7 +123,7 @@ pub fn print(report: &Report) {
         if let Some(f) = &run.footprint {
             println!(
                 "  check, {name}: PostgreSQL counted {:.0} transactions in the bench's database, \
-                 the worker's lanes {:.0} (the rest: the worker's start-up and pruning)",
+                 the worker's lanes {:.0} (the rest: the worker's start-up: migrations, accounts, pruning)",
                 f.pg.xacts,
                 f.worker.claim_transactions + f.worker.record_statements
             );
@@ -137,7 +144,7 @@ pub fn json(report: &Report) -> Value {
     }
     json!({
         "runs": runs_json,
-        "api_per_request": report.api_footprint.as_ref().map(api_json),
+        "api_per_request": report.api_footprint.as_ref().map(|api| api_json(report, api)),
         "statements_per_claim_transaction": CLAIM_STATEMENTS,
         "statements_per_record": RECORD_STATEMENTS,
         "pg_stat_statements_loaded": report.pg_stat_statements,
@@ -187,10 +194,15 @@ fn run_json(f: &RunFootprint, run: &WorkerRun) -> Value {
     })
 }
 
-fn api_json(api: &ApiFootprint) -> Value {
+fn api_json(report: &Report, api: &ApiFootprint) -> Value {
     let requests = api.api.requests.max(1.0);
     let pg = api.pg.per(requests);
     json!({
+        "cpu_ms_per_request": report.api.iter().map(|row| json!({
+            "clients": row.clients,
+            "resetmail_api": round3(row.api_parts.resetmail),
+            "rabbitmq": round3(row.api_parts.rabbitmq),
+        })).collect::<Vec<_>>(),
         "requests": api.api.requests,
         "broker_publishes": round3(api.api.publishes / requests),
         "publish_failures": api.api.publish_failures,

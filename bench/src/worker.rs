@@ -201,6 +201,7 @@ pub async fn run_worker(
         resetmail: run.pids(),
         bench: std::process::id(),
         not_ours,
+        broker: run.broker_pids.clone(),
     };
     let smtp = sink.counts();
     let accepted = sink.accepted();
