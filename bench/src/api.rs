@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use crate::{
     Options,
     load::{Figures, PublishClient, closed_loop, median},
-    procfs::{cpu_by_program, cpu_split},
+    procfs::{self, Owners, PartsCpu, cpu_by_program, cpu_split},
     run::{Run, http_clients},
 };
 
@@ -21,6 +21,9 @@ pub struct ApiRow {
     /// CPU ms per request by program, in the last round: api, then baseline.
     pub api_cpu: Vec<(String, f64)>,
     pub baseline_cpu: Vec<(String, f64)>,
+    /// CPU ms per request of the api run by part, in the last round: the api process and the
+    /// RabbitMQ node the run uses.
+    pub api_parts: PartsCpu,
 }
 
 impl ApiRow {
@@ -52,14 +55,24 @@ pub async fn bench_api(
     for clients in CLIENTS {
         let (mut api_runs, mut baseline_runs) = (Vec::new(), Vec::new());
         let (mut api_cpu, mut baseline_cpu) = (Vec::new(), Vec::new());
+        let mut api_parts = PartsCpu::default();
+        let owners = Owners {
+            resetmail: run.pids(),
+            bench: std::process::id(),
+            not_ours: Default::default(),
+            broker: run.broker_pids.clone(),
+        };
         for round in 0..options.rounds {
             // Alternate which goes first, so a drift of the machine's load favours neither.
             for api_first in [round % 2 == 0, round % 2 != 0] {
                 if api_first {
                     let http = http_clients(api, clients, &format!("a{clients}r{round}-")).await?;
-                    let before = cpu_by_program();
+                    let (before, snapshot) = (cpu_by_program(), procfs::cpu_snapshot());
                     let figures = closed_loop(http, warmup, window).await;
-                    api_cpu = cpu_split(&before, &cpu_by_program(), requests(&figures, warmup));
+                    let units = requests(&figures, warmup);
+                    api_cpu = cpu_split(&before, &cpu_by_program(), units);
+                    api_parts =
+                        PartsCpu::between(&snapshot, &procfs::cpu_snapshot(), units, &owners);
                     api_runs.push(figures);
                 } else {
                     let publishers = (0..clients)
@@ -83,6 +96,7 @@ pub async fn bench_api(
             baseline: medians(&baseline_runs),
             api_cpu,
             baseline_cpu,
+            api_parts,
         };
         eprintln!(
             "api, {clients} clients: {:.0}/s vs baseline {:.0}/s",

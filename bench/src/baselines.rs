@@ -175,6 +175,7 @@ pub async fn token_transactions(
         resetmail: Vec::new(),
         bench: std::process::id(),
         not_ours: pg_monitor::other_work(pool, database).await?,
+        broker: Default::default(),
     };
     let cpu = PartsCpu::between(&before, &after, n, &owners);
     Ok(TokenBaseline { per_second, cpu })

@@ -103,7 +103,7 @@ pub async fn closed_loop<C: Client>(
 }
 
 /// The api's route that asks for a reset email.
-const RESET_PATH: &str = "/api/v4/user/reset";
+pub const RESET_PATH: &str = "/api/v4/user/reset";
 
 /// A kept-alive HTTP/1.1 connection to the api that asks for reset emails (or to any of
 /// resetmail's HTTP ports, for [`HttpClient::get`]).
@@ -151,6 +151,14 @@ impl HttpClient {
         self.exchange("GET", path, None)
             .await
             .map(|(status, _)| status)
+    }
+
+    /// `GET path`: the answer's body as text when the status is 200, else `None`.
+    pub async fn text(&mut self, path: &str) -> Option<String> {
+        let (status, body) = self.exchange("GET", path, None).await?;
+        status
+            .is_success()
+            .then(|| String::from_utf8_lossy(&body).into_owned())
     }
 
     /// One request on the kept-alive connection (a JSON body when there is one), and its answer.

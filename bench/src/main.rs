@@ -13,8 +13,11 @@
 
 mod api;
 mod baselines;
+mod broker_node;
+mod footprint;
 mod job_transaction;
 mod load;
+mod per_email;
 mod pg_monitor;
 mod procfs;
 mod report;
@@ -24,6 +27,7 @@ mod worker;
 
 use std::time::Duration;
 
+use footprint::{ApiCounters, ApiFootprint, Counters};
 use report::Report;
 use run::Run;
 use sink::Sink;
@@ -89,7 +93,22 @@ async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
     )?;
     run::wait_until_ready(api_addr).await?;
     eprintln!("api ready; measuring the api against raw confirmed publishes");
+    let mut counters = Counters::open(&run.admin_url, &run.name).await?;
+    let pg_stat_statements = counters.statements_loaded().await;
+    counters.settle(&run.pool).await;
+    let api_counters = async || {
+        let text = footprint::scrape(api_addr).await?;
+        Some(ApiCounters::from_text(&text, load::RESET_PATH))
+    };
+    let (pg_before, api_before) = (counters.read().await?, api_counters().await);
     let api = api::bench_api(run, options, api_addr).await?;
+    let (pg_after, api_after) = (counters.read().await?, api_counters().await);
+    let api_footprint = api_before
+        .zip(api_after)
+        .map(|(before, after)| ApiFootprint {
+            api: after.since(&before),
+            pg: pg_after.since(&pg_before),
+        });
 
     eprintln!("measuring the baselines: a bare SMTP client and the token transaction");
     let sink = Sink::start().await?;
@@ -171,6 +190,9 @@ async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
         memory,
         e2e,
         api_rss: procfs::peak_rss_mb(api_pid)?,
+        api_footprint,
+        pg_stat_statements,
+        table_sizes: footprint::table_sizes(&run.pool).await.ok(),
     })
 }
 

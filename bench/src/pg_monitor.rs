@@ -2,7 +2,8 @@
 //! the rows of `pg_stat_activity` for the bench's database whose `client_port` is the local port of
 //! one of the worker process's TCP connections to the server. This needs no name from the worker
 //! (it sets no `application_name`) and cannot count the api's or the bench's own connections.
-//! Also names the `postgres` processes that work for other databases, whose CPU is not the run's.
+//! Also names the `postgres` processes that work for other databases (the monitor's own among
+//! them), whose CPU is not the run's.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -27,7 +28,9 @@ pub struct PgPeak {
 }
 
 /// The monitor's own connection, opened before the worker starts, so that a worker that takes
-/// every connection the server allows cannot lock the monitor out.
+/// every connection the server allows cannot lock the monitor out. It is a connection to the
+/// server's maintenance database, so that its samples do not count among the transactions of the
+/// worker's database (`footprint.rs`).
 pub struct PgWatch {
     connection: PgConnection,
     database: String,
@@ -35,13 +38,11 @@ pub struct PgWatch {
 }
 
 impl PgWatch {
-    /// Connects to `database_url`'s server and database, which is the one the worker uses.
-    pub async fn open(database_url: &str) -> anyhow::Result<Self> {
-        let options: PgConnectOptions = database_url.parse()?;
-        let database = options
-            .get_database()
-            .context("the database URL names no database")?
-            .to_owned();
+    /// Connects to `admin_url` (the server's maintenance database) to watch `database`, the one
+    /// the worker uses.
+    pub async fn open(admin_url: &str, database: &str) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = admin_url.parse()?;
+        let database = database.to_owned();
         let server_port = options.get_port();
         let connection = PgConnection::connect_with(&options.application_name("resetmail-bench"))
             .await

@@ -146,6 +146,9 @@ pub struct Owners {
     /// `postgres` processes that work for something else: backends of other databases, and the
     /// bench's own monitoring connection.
     pub not_ours: HashSet<u32>,
+    /// The RabbitMQ node the run uses (`broker_node::processes`); when empty, every RabbitMQ program
+    /// counts (another node on the machine, a test's cluster, then counts too).
+    pub broker: HashSet<u32>,
 }
 
 impl Owners {
@@ -160,7 +163,10 @@ impl Owners {
         } else {
             match command {
                 "postgres" => Some(Part::Postgres),
-                "beam.smp" | "erl_child_setup" | "epmd" | "inet_gethost" | "erl" => {
+                "epmd" => Some(Part::Rabbitmq),
+                "beam.smp" | "erl_child_setup" | "inet_gethost" | "erl"
+                    if self.broker.is_empty() || self.broker.contains(&pid) =>
+                {
                     Some(Part::Rabbitmq)
                 }
                 _ => None,
@@ -242,7 +248,7 @@ pub fn local_ports_to(pid: u32, remote_port: u16) -> HashSet<u16> {
 }
 
 /// The inode of an open file's link target `socket:[12345]`.
-fn socket_inode(target: &str) -> Option<u64> {
+pub fn socket_inode(target: &str) -> Option<u64> {
     target
         .strip_prefix("socket:[")?
         .strip_suffix(']')?
@@ -252,17 +258,17 @@ fn socket_inode(target: &str) -> Option<u64> {
 
 /// One row of `/proc/<pid>/net/tcp` or `tcp6`.
 #[derive(Debug, PartialEq, Eq)]
-struct TcpRow {
-    local_port: u16,
-    remote_port: u16,
-    established: bool,
-    inode: u64,
+pub struct TcpRow {
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub established: bool,
+    pub inode: u64,
 }
 
 impl TcpRow {
     /// `sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode …`,
     /// addresses as `HEXADDR:HEXPORT`, the state in hex (`01` is established).
-    fn parse(row: &str) -> Option<Self> {
+    pub fn parse(row: &str) -> Option<Self> {
         let fields: Vec<&str> = row.split_whitespace().collect();
         let port = |address: &str| u16::from_str_radix(address.rsplit_once(':')?.1, 16).ok();
         Some(Self {
@@ -329,6 +335,7 @@ mod tests {
             resetmail: vec![10, 11],
             bench: 12,
             not_ours: HashSet::from([20]),
+            broker: HashSet::new(),
         };
         assert_eq!(owners.part(10, "resetmail-worke"), Some(Part::Resetmail));
         assert_eq!(owners.part(12, "resetmail-bench"), Some(Part::Bench));
@@ -337,6 +344,13 @@ mod tests {
         assert_eq!(owners.part(20, "postgres"), None);
         assert_eq!(owners.part(22, "beam.smp"), Some(Part::Rabbitmq));
         assert_eq!(owners.part(23, "kworker/0:1"), None);
+        let one_node = Owners {
+            broker: HashSet::from([22]),
+            ..owners
+        };
+        assert_eq!(one_node.part(22, "beam.smp"), Some(Part::Rabbitmq));
+        assert_eq!(one_node.part(24, "beam.smp"), None);
+        assert_eq!(one_node.part(25, "epmd"), Some(Part::Rabbitmq));
     }
 
     #[test]
@@ -358,6 +372,7 @@ mod tests {
             resetmail: vec![4],
             bench: 2,
             not_ours: HashSet::from([3]),
+            broker: HashSet::new(),
         };
         let parts = PartsCpu::between(&before, &after, 1000, &owners);
         assert!((parts.service() - 2.0).abs() < 1e-9, "{parts:?}");

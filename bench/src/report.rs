@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 use crate::{
     api::ApiRow,
     baselines::TokenBaseline,
-    job_transaction,
+    footprint::{ApiFootprint, TableSizes},
+    job_transaction, per_email,
     worker::{EndToEnd, IN_FLIGHT, WorkerRun},
 };
 
@@ -28,6 +29,12 @@ pub struct Report {
     pub memory: WorkerRun,
     pub e2e: EndToEnd,
     pub api_rss: f64,
+    /// What the api phase cost per request, when the api's counters could be read.
+    pub api_footprint: Option<ApiFootprint>,
+    /// Whether the server loads `pg_stat_statements`.
+    pub pg_stat_statements: bool,
+    /// The size of the tables that grow with every reset, at the end.
+    pub table_sizes: Option<TableSizes>,
 }
 
 /// Each target, met or not.
@@ -87,6 +94,8 @@ impl Report {
         self.print_worker();
         println!();
         self.print_relay(&targets);
+        println!();
+        per_email::print(self);
         println!();
         self.print_rest(&targets);
         println!();
@@ -315,6 +324,7 @@ impl Report {
                 "p50_ms": round(e.p50_ms),
                 "p99_ms": round(e.p99_ms),
             },
+            "per_email": per_email::json(self),
             "memory": run_json(&self.memory),
             "peak_rss_mb": {
                 "api": round(self.api_rss),

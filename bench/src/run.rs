@@ -2,6 +2,7 @@
 //! and the small chores around them: accounts to send to, free ports, waiting for readiness.
 
 use std::{
+    collections::HashSet,
     net::{Ipv4Addr, SocketAddr, TcpListener},
     path::PathBuf,
     process::Stdio,
@@ -22,18 +23,21 @@ use resetmail_shared::{
 use sqlx::{Connection as _, PgPool};
 use tokio::process::{Child, Command};
 
-use crate::{Options, baselines::WORKER_CONCURRENCY, load::HttpClient};
+use crate::{Options, baselines::WORKER_CONCURRENCY, broker_node, load::HttpClient};
 
 /// The database, the queues and the processes of this run.
 pub struct Run {
     pub name: String,
     pub database_url: String,
-    admin_url: String,
+    /// The server's maintenance database (`DATABASE_URL`), for what must not count as the run's.
+    pub admin_url: String,
     amqp_url: String,
     pub topology: Topology,
     broker: lapin::Connection,
     pub channel: lapin::Channel,
     pub pool: PgPool,
+    /// The processes of the RabbitMQ node the run uses (`broker_node::processes`).
+    pub broker_pids: HashSet<u32>,
     bin_dir: PathBuf,
     pub log_dir: PathBuf,
     children: Vec<(u32, Child)>,
@@ -91,6 +95,7 @@ impl Run {
             broker,
             channel,
             pool,
+            broker_pids: broker_node::processes(&amqp_ports(&options.amqp_url)),
             bin_dir,
             log_dir,
             children: Vec::new(),
@@ -243,6 +248,15 @@ fn url_with_database(server_url: &str, database: &str) -> String {
         url.push_str(query);
     }
     url
+}
+
+/// The AMQP ports of the nodes `amqp_url` names (one URL, or several separated by commas).
+fn amqp_ports(amqp_url: &str) -> Vec<u16> {
+    amqp_url
+        .split(',')
+        .filter_map(|url| url.trim().parse::<lapin::uri::AMQPUri>().ok())
+        .map(|uri| uri.authority.port)
+        .collect()
 }
 
 pub fn free_port() -> anyhow::Result<SocketAddr> {

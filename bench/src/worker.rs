@@ -8,6 +8,7 @@ use std::{
 };
 
 use crate::{
+    footprint::{self, Counters, RunFootprint},
     load,
     pg_monitor::{PgPeak, PgWatch},
     procfs::{self, MachineCpu, Owners, PartsCpu},
@@ -122,6 +123,9 @@ pub struct WorkerRun {
     pub machine_busy: f64,
     /// The worker's peak RSS, MB.
     pub rss_mb: f64,
+    /// What the run cost PostgreSQL and the broker, per email; `None` when the worker's counters
+    /// could not be read.
+    pub footprint: Option<RunFootprint>,
 }
 
 impl WorkerRun {
@@ -160,14 +164,19 @@ pub async fn run_worker(
     .await?;
     sink.reset();
     sink.set_delay(plan.relay_delay);
-    let watch = PgWatch::open(&run.database_url).await?;
+    let watch = PgWatch::open(&run.admin_url, &run.name).await?;
+    let mut counters = Counters::open(&run.admin_url, &run.name).await?;
+    counters.settle(&run.pool).await;
+    let backends_before = counters.backends().await?;
+    let pg_before = counters.read().await?;
+    let metrics_addr = run::free_port()?;
     let machine_before = MachineCpu::now()?;
     let cpu_before = procfs::cpu_snapshot();
     let started = Instant::now();
     let mut env = plan.settings.env();
     env.extend([
         ("RESETMAIL_SMTP_URL", sink.url()),
-        ("RESETMAIL_WORKER_HTTP_ADDR", "off".into()),
+        ("RESETMAIL_WORKER_HTTP_ADDR", metrics_addr.to_string()),
     ]);
     let pid = run.spawn("resetmail-worker", &format!("{}.log", plan.log), &env)?;
     let monitor = watch.watch(pid);
@@ -192,12 +201,18 @@ pub async fn run_worker(
         resetmail: run.pids(),
         bench: std::process::id(),
         not_ours,
+        broker: run.broker_pids.clone(),
     };
     let smtp = sink.counts();
     let accepted = sink.accepted();
     let worker_cpu = procfs::process_cpu_seconds(pid).unwrap_or(0.0);
     let rss_mb = procfs::peak_rss_mb(pid).unwrap_or(0.0);
+    // The last emails' records and acks follow their arrival: wait for them before the worker
+    // stops, and for its backends to exit (and flush their statistics) before the reading.
+    let worker_counters = footprint::worker_counters(metrics_addr, accepted).await;
     run.stop(pid).await;
+    counters.wait_for_backends(&backends_before).await;
+    let pg_after = counters.read().await?;
     run.purge_all().await?;
     sink.set_delay(Duration::ZERO);
     let rate = match (finished, sink.rate()) {
@@ -225,6 +240,11 @@ pub async fn run_worker(
         worker_cpu_ms: worker_cpu * 1000.0 / units as f64,
         machine_busy,
         rss_mb,
+        footprint: worker_counters.map(|worker| RunFootprint {
+            emails: accepted as f64,
+            pg: pg_after.since(&pg_before),
+            worker,
+        }),
     };
     eprintln!(
         "worker ({}), sink delay {} ms: {:.0} emails/s, {} PostgreSQL connections, {} SMTP \

@@ -69,6 +69,13 @@ pub fn register(retry_steps: usize) {
         "resetmail_worker_db_batch_jobs",
         "Jobs whose claims and records one lane's batch carried"
     );
+    metrics::describe_counter!(
+        "resetmail_worker_db_transactions_total",
+        "Transactions of the jobs' lanes: a batch's claim transaction (each try) and its record statement"
+    );
+    for kind in ["claim", "record"] {
+        metrics::counter!("resetmail_worker_db_transactions_total", "kind" => kind).increment(0);
+    }
     metrics::gauge!("resetmail_worker_jobs_in_flight").increment(0.0);
     metrics::gauge!("resetmail_worker_consuming").increment(0.0);
 }

@@ -235,6 +235,8 @@ async fn run(
     let mut failed = None;
     if !record_answers.is_empty() {
         let recorded = claims::record(connection, lanes.token_ttl, &sent, &unsent).await;
+        metrics::counter!("resetmail_worker_db_transactions_total", "kind" => "record")
+            .increment(1);
         for (job_id, answer) in record_answers {
             let _ = answer.send(match &recorded {
                 Ok(recorded) => Ok(recorded.contains(&job_id)),
@@ -247,7 +249,10 @@ async fn run(
         let mut tries = 0;
         let claimed = loop {
             tries += 1;
-            match claims::claim(connection, &lanes.accounts, &lanes.rules, &claims).await {
+            let claimed = claims::claim(connection, &lanes.accounts, &lanes.rules, &claims).await;
+            metrics::counter!("resetmail_worker_db_transactions_total", "kind" => "claim")
+                .increment(1);
+            match claimed {
                 Err(sqlx::Error::Database(error))
                     if tries < 3 && matches!(error.code().as_deref(), Some("40P01" | "40001")) => {}
                 other => break other,
