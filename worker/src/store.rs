@@ -181,11 +181,11 @@ async fn lane(lanes: Arc<Lanes>) {
             }
             batch
         };
-        if let Err(error) = run(open, &lanes, batch).await
-            && !matches!(error, sqlx::Error::Database(_))
-        {
-            // The connection itself failed: open another for the next batch.
-            tracing::warn!(%error, "a database connection failed; reconnecting");
+        if let Err(error) = run(open, &lanes, batch).await {
+            // Whatever failed — the connection, or the server behind it (shut down by an operator,
+            // or a replica that a failover left at the database's address) — the next batch goes
+            // on a new connection: a few milliseconds, against a lane stuck on a dead session.
+            tracing::warn!(%error, "a database batch failed; the lane reconnects");
             connected().decrement(1.0);
             connection = None;
         }
