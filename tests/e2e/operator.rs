@@ -374,6 +374,98 @@ async fn retention_deletes_old_rows_and_dead_tokens_only() {
 }
 
 #[tokio::test]
+async fn a_backlog_of_old_rows_larger_than_a_batch_is_pruned_through_indexes() {
+    let db = TestDb::new().await;
+    let user = db
+        .add_user("jane@example.com", None, None, UserStatus::Active)
+        .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO deliveries (job_id, correlation_id, email, requested_at, outcome)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'jane@example.com',
+                now() - interval '40 days' + n * interval '1 second', 'sent'
+           FROM generate_series(1, 12345) AS n;
+         INSERT INTO deliveries (job_id, correlation_id, email, requested_at, outcome)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'jane@example.com', now(), 'sent'
+           FROM generate_series(1, 10);
+         INSERT INTO password_reset_tokens (user_id, token_hash, job_id, created_at, expires_at)
+         SELECT {id}, sha256(n::text::bytea), gen_random_uuid(), now() - interval '2 days',
+                now() - interval '2 days'
+           FROM generate_series(1, 11000) AS n;",
+        id = user.id
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
+
+    let pruned =
+        resetmail_worker::prune_once(&db.pool, std::time::Duration::from_secs(30 * 86_400))
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(pruned, (12_345, 11_000));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(left, 10);
+
+    // Each delete finds its rows through an index, not by reading the whole table.
+    let mut connection = db
+        .pool
+        .acquire()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    for (query, index) in [
+        (
+            "SELECT job_id FROM deliveries WHERE requested_at < now() - interval '30 days' LIMIT 5000",
+            "deliveries_requested_at",
+        ),
+        (
+            "SELECT id FROM password_reset_tokens WHERE created_at < now() - interval '1 day' \
+             AND (expires_at < now() OR used_at IS NOT NULL OR revoked_at IS NOT NULL) LIMIT 5000",
+            "password_reset_tokens_created_at",
+        ),
+    ] {
+        sqlx::raw_sql("SET enable_seqscan = off")
+            .execute(&mut *connection)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {query}")))
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let plan = plan.join("\n");
+        assert!(plan.contains(index), "{query}:\n{plan}");
+    }
+}
+
+#[tokio::test]
+async fn processes_starting_together_on_an_older_schema_all_migrate_it() {
+    let db = TestDb::new().await;
+    // The schema as the previous release left it: the latest migration not applied.
+    sqlx::raw_sql(
+        "DROP INDEX deliveries_requested_at; DROP INDEX password_reset_tokens_created_at;
+         DELETE FROM _sqlx_migrations WHERE version = 20261202000001;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
+
+    // An api and two workers starting at once, as `docker compose up` starts them.
+    let starts = (0..3).map(|_| resetmail_shared::db::connect(&db.config));
+    for started in futures_util::future::join_all(starts).await {
+        started.unwrap_or_else(|error| panic!("a process could not start: {error:#}"));
+    }
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_indexes
+          WHERE indexname IN ('deliveries_requested_at', 'password_reset_tokens_created_at')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(indexes, 2);
+}
+
+#[tokio::test]
 async fn three_workers_share_a_thousand_requests_and_send_each_email_once() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;

@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr};
 
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -155,15 +155,16 @@ pub async fn find_by_correlation_id(
 }
 
 /// Deletes rows requested longer than `retention` ago; returns how many.
-pub async fn prune(
-    executor: impl PgExecutor<'_>,
-    retention: std::time::Duration,
-) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "DELETE FROM deliveries WHERE requested_at < now() - make_interval(secs => $1)",
-    )
-    .bind(retention.as_secs_f64())
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected())
+pub async fn prune(pool: &PgPool, retention: std::time::Duration) -> sqlx::Result<u64> {
+    super::delete_in_batches(pool, |batch| {
+        sqlx::query(
+            "DELETE FROM deliveries WHERE job_id IN (
+                 SELECT job_id FROM deliveries
+                  WHERE requested_at < now() - make_interval(secs => $1)
+                  LIMIT $2)",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(batch)
+    })
+    .await
 }

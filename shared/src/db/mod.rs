@@ -27,6 +27,25 @@ pub static CLOUDREVE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/cloudrev
 /// The schema resetmail's tables live in, in a Cloudreve site's database.
 pub const CLOUDREVE_MODE_SCHEMA: &str = "resetmail";
 
+/// Rows a prune deletes per statement: each batch is a short transaction of its own, so a large
+/// backlog neither holds locks for long nor writes its WAL in one burst.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// Runs the delete that `batch(limit)` builds until it deletes fewer than `limit` rows; the total.
+async fn delete_in_batches<'q>(
+    pool: &PgPool,
+    batch: impl Fn(i64) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let deleted = batch(PRUNE_BATCH).execute(pool).await?.rows_affected();
+        total += deleted;
+        if deleted < PRUNE_BATCH.unsigned_abs() {
+            return Ok(total);
+        }
+    }
+}
+
 /// How long to wait for a pooled connection before the caller's work fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -1,6 +1,6 @@
 //! One-time reset tokens: only their SHA-256 is stored.
 
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// The account a redeemed token belonged to.
@@ -50,13 +50,16 @@ pub async fn revoke_all(executor: impl PgExecutor<'_>, user_id: i64) -> sqlx::Re
 
 /// Deletes tokens that can no longer be redeemed (expired, used or revoked) and are older than a
 /// day, so that the table stays small; returns how many.
-pub async fn prune(executor: impl PgExecutor<'_>) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "DELETE FROM password_reset_tokens
-         WHERE created_at < now() - interval '1 day'
-           AND (expires_at < now() OR used_at IS NOT NULL OR revoked_at IS NOT NULL)",
-    )
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected())
+pub async fn prune(pool: &PgPool) -> sqlx::Result<u64> {
+    super::delete_in_batches(pool, |batch| {
+        sqlx::query(
+            "DELETE FROM password_reset_tokens WHERE id IN (
+                 SELECT id FROM password_reset_tokens
+                  WHERE created_at < now() - interval '1 day'
+                    AND (expires_at < now() OR used_at IS NOT NULL OR revoked_at IS NOT NULL)
+                  LIMIT $1)",
+        )
+        .bind(batch)
+    })
+    .await
 }
