@@ -7,9 +7,10 @@
 #   docker run ... --entrypoint resetmail-worker resetmail         # the worker
 # docker-compose.yml runs both with PostgreSQL, RabbitMQ and Mailpit.
 #
-# No HEALTHCHECK here: the same image runs the worker, which serves no HTTP, so an image-level
-# check on the api's port would mark every worker container unhealthy. The api's check
-# (GET /readyz through bash's /dev/tcp, no curl needed) is in docker-compose.yml.
+# No HEALTHCHECK here: the same image runs the api and the worker, which serve /readyz on
+# different ports (RESETMAIL_HTTP_ADDR, RESETMAIL_WORKER_HTTP_ADDR), so one image-level check
+# would mark one of them unhealthy. Each service's check (GET /readyz through bash's /dev/tcp, no
+# curl needed) is in docker-compose.yml.
 
 # Builder and runtime must be the same Debian release, so that the binaries find the glibc
 # they were linked against.

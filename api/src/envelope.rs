@@ -32,12 +32,13 @@ impl Envelope {
     }
 }
 
-/// Cloudreve's answer to a success that carries a payload: `{"code":0,"msg":"","data":…}`.
+/// Cloudreve's answer that carries a payload: `{"code":0,"msg":"","data":…}` for a success (and,
+/// from `/readyz` only, a code and message with what is not ready).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DataEnvelope<T> {
-    /// Always 0: a success.
+    /// 0: a success.
     pub code: i32,
-    /// Always empty.
+    /// Empty on success.
     pub msg: String,
     /// The payload.
     pub data: T,

@@ -16,7 +16,10 @@ pub mod rate_limit;
 pub mod routes;
 pub mod timeout;
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::{
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use axum::{
@@ -25,7 +28,7 @@ use axum::{
     middleware,
     routing::{get, patch, post},
 };
-use resetmail_shared::config::AccountSource;
+use resetmail_shared::{config::AccountSource, shutdown::every};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -229,27 +232,20 @@ async fn follow_site_captcha(
 
 /// Deletes expired captcha tickets every minute until `shutdown`.
 async fn prune_captcha_tickets(pool: PgPool, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
+    every(Duration::from_secs(60), &shutdown, || async {
         match resetmail_shared::db::captcha_tickets::prune(&pool).await {
             Ok(0) => {}
             Ok(pruned) => tracing::debug!(pruned, "expired captcha tickets deleted"),
             Err(error) => tracing::warn!(%error, "cannot prune captcha tickets"),
         }
-    }
+    })
+    .await;
 }
 
 /// Drops the rate-limit state of clients that have been quiet, every minute until `shutdown`.
 async fn forget_idle_clients(limiter: Arc<RateLimiter>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => limiter.forget_idle(),
-        }
-    }
+    every(Duration::from_secs(60), &shutdown, || async {
+        limiter.forget_idle()
+    })
+    .await;
 }

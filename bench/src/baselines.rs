@@ -40,11 +40,11 @@ fn sample_message(to: &str) -> anyhow::Result<Message> {
             site_url: "http://localhost:5212".into(),
             name: "Bench user".into(),
             email: to.into(),
-            link: format!(
-                "http://localhost:5212/session/reset?id={}&secret={}",
-                uuid::Uuid::new_v4(),
-                ResetToken::generate()?.secret()
-            ),
+            link: resetmail_worker::config::Site {
+                url: "http://localhost:5212".into(),
+                name: "Cloudreve".into(),
+            }
+            .reset_link(uuid::Uuid::new_v4(), ResetToken::generate()?.secret()),
             valid_for: resetmail_worker::templates::valid_for(Duration::from_secs(3600), "en-US"),
         },
     )?;

@@ -1,4 +1,5 @@
-//! Configuration both binaries read from the environment (or flags), with the defaults of DESIGN.md §5.
+//! Configuration both binaries read from the environment (or flags), with the defaults of the
+//! README's configuration table.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! `EmailAddress`: an address checked once, at the edge, by the rules of DESIGN.md §1.
+//! `EmailAddress`: an address checked once, at the edge, by the rules of [`EmailAddress::parse`].
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! The job message the api publishes and the worker consumes: versioned JSON (DESIGN.md §2).
+//! The job message the api publishes and the worker consumes: versioned JSON (docs/ARCHITECTURE.md).
 
 use time::OffsetDateTime;
 use uuid::Uuid;

@@ -1,7 +1,27 @@
 //! Signals: SIGTERM or Ctrl-C cancels a token that every part of a process watches (graceful
 //! shutdown); SIGHUP asks for settings to be read again.
 
+use std::{future::Future, time::Duration};
+
 use tokio_util::sync::CancellationToken;
+
+/// Runs `work` at once and then every `period` until `shutdown` fires; a run under way finishes
+/// first. A run that takes longer than the period delays the next, rather than bunching them.
+pub async fn every<F, Fut>(period: Duration, shutdown: &CancellationToken, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        work().await;
+    }
+}
 
 /// Cancels `token` on SIGTERM or SIGINT.
 pub async fn on_signal(token: CancellationToken) {

@@ -256,6 +256,48 @@ pub mod headers {
     pub const ERROR_CLASS: &str = "x-resetmail-error-class";
     /// The routing key the job was first published with (the work queue).
     pub const ORIGINAL_ROUTING_KEY: &str = "x-resetmail-original-routing-key";
+
+    use lapin::types::{AMQPValue, FieldTable};
+    use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+    /// Header `key` of `table` as an integer, whichever integer type carried it.
+    pub fn int(table: Option<&FieldTable>, key: &str) -> Option<i64> {
+        match table?.inner().get(key)? {
+            AMQPValue::LongLongInt(value) => Some(*value),
+            AMQPValue::LongInt(value) => Some(i64::from(*value)),
+            AMQPValue::LongUInt(value) => Some(i64::from(*value)),
+            AMQPValue::ShortInt(value) => Some(i64::from(*value)),
+            AMQPValue::ShortUInt(value) => Some(i64::from(*value)),
+            _ => None,
+        }
+    }
+
+    /// Header `key` of `table` as text (see [`text_of`]).
+    pub fn text(table: Option<&FieldTable>, key: &str) -> Option<String> {
+        table?.inner().get(key).map(text_of)
+    }
+
+    /// A header's value as text: strings as they are, numbers in decimal, timestamps in RFC 3339.
+    pub fn text_of(value: &AMQPValue) -> String {
+        match value {
+            AMQPValue::LongString(text) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
+            AMQPValue::ShortString(text) => text.as_str().to_owned(),
+            AMQPValue::LongLongInt(n) => n.to_string(),
+            AMQPValue::LongInt(n) => n.to_string(),
+            AMQPValue::LongUInt(n) => n.to_string(),
+            AMQPValue::ShortInt(n) => n.to_string(),
+            AMQPValue::ShortUInt(n) => n.to_string(),
+            AMQPValue::Timestamp(t) => timestamp(*t)
+                .and_then(|at| at.format(&Rfc3339).ok())
+                .unwrap_or_else(|| t.to_string()),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// An AMQP timestamp (seconds since the epoch) as a time.
+    pub fn timestamp(seconds: u64) -> Option<OffsetDateTime> {
+        OffsetDateTime::from_unix_timestamp(i64::try_from(seconds).ok()?).ok()
+    }
 }
 
 fn insert_str(table: &mut FieldTable, key: &str, value: &str) {

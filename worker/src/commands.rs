@@ -310,12 +310,8 @@ pub fn template(
     let chosen = templates.choose_language(Some(lang)).to_owned();
     let site = config.site(None)?;
     let context = ResetEmailContext {
+        link: site.reset_link(Uuid::nil(), "SAMPLE-SECRET"),
         site_name: site.name,
-        link: format!(
-            "{}/session/reset?id={}&secret=SAMPLE-SECRET",
-            site.url,
-            Uuid::nil()
-        ),
         site_url: site.url,
         name: "Sample User".into(),
         email: "user@example.com".into(),

@@ -145,6 +145,14 @@ pub struct Site {
     pub name: String,
 }
 
+impl Site {
+    /// The link of the site's own reset page (Cloudreve's frontend route `/session/reset`) for the
+    /// account whose link id is `id`, with the token's `secret`: the one place its form is written.
+    pub fn reset_link(&self, id: impl std::fmt::Display, secret: &str) -> String {
+        format!("{}/session/reset?id={id}&secret={secret}", self.url)
+    }
+}
+
 impl WorkerConfig {
     /// The site: each of `RESETMAIL_SITE_URL` and `RESETMAIL_SITE_NAME` when set, else the Cloudreve
     /// site's setting (`cloudreve`, in Cloudreve mode), else Cloudreve's default. The address must

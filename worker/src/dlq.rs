@@ -394,20 +394,6 @@ fn message_id(delivery: &Delivery) -> Option<String> {
         .map(ToString::to_string)
 }
 
-fn header_text(value: &AMQPValue) -> String {
-    match value {
-        AMQPValue::LongString(text) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
-        AMQPValue::ShortString(text) => text.as_str().to_owned(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::Timestamp(t) => OffsetDateTime::from_unix_timestamp(*t as i64)
-            .ok()
-            .and_then(|at| at.format(&Rfc3339).ok())
-            .unwrap_or_else(|| t.to_string()),
-        other => format!("{other:?}"),
-    }
-}
-
 fn describe(delivery: &Delivery) -> DeadLetter {
     let headers: BTreeMap<String, String> = delivery
         .properties
@@ -417,7 +403,7 @@ fn describe(delivery: &Delivery) -> DeadLetter {
             table
                 .inner()
                 .iter()
-                .map(|(key, value)| (key.to_string(), header_text(value)))
+                .map(|(key, value)| (key.to_string(), headers::text_of(value)))
                 .collect()
         })
         .unwrap_or_default();
@@ -446,22 +432,15 @@ fn describe(delivery: &Delivery) -> DeadLetter {
 /// When the dead letter was last handled: our header, else the broker's dead-lettering time.
 fn last_seen(delivery: &Delivery) -> Option<OffsetDateTime> {
     let table = delivery.properties.headers().as_ref();
-    table
-        .and_then(|table| match table.inner().get(headers::LAST_ATTEMPT_AT)? {
-            AMQPValue::LongString(at) => std::str::from_utf8(at.as_bytes())
-                .ok()
-                .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok()),
-            _ => None,
-        })
+    headers::text(table, headers::LAST_ATTEMPT_AT)
+        .and_then(|at| OffsetDateTime::parse(&at, &Rfc3339).ok())
         .or_else(|| {
             let table = table?;
             match table.inner().get("x-death")? {
                 AMQPValue::FieldArray(deaths) => {
                     deaths.as_slice().iter().find_map(|death| match death {
                         AMQPValue::FieldTable(death) => match death.inner().get("time")? {
-                            AMQPValue::Timestamp(t) => {
-                                OffsetDateTime::from_unix_timestamp(*t as i64).ok()
-                            }
+                            AMQPValue::Timestamp(t) => headers::timestamp(*t),
                             _ => None,
                         },
                         _ => None,

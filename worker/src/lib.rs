@@ -167,12 +167,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
 /// older than the retention, and tokens that can no longer be redeemed. Every worker runs it; the
 /// deletes are idempotent.
 async fn prune(pool: PgPool, retention: std::time::Duration, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
+    resetmail_shared::shutdown::every(std::time::Duration::from_secs(3600), &shutdown, || async {
         match prune_once(&pool, retention).await {
             Ok((rows, tokens)) => tracing::info!(
                 deliveries.pruned = rows,
@@ -181,7 +176,8 @@ async fn prune(pool: PgPool, retention: std::time::Duration, shutdown: Cancellat
             ),
             Err(error) => tracing::warn!(%error, "cannot prune old records"),
         }
-    }
+    })
+    .await;
 }
 
 /// One pruning pass; returns the delivery rows and tokens deleted.

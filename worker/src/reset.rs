@@ -193,12 +193,7 @@ impl Worker {
                 .filter(|nick| !nick.trim().is_empty())
                 .unwrap_or_else(|| user.email.clone()),
             email: user.email.clone(),
-            link: format!(
-                "{}/session/reset?id={}&secret={}",
-                site.site.url,
-                user.link_id,
-                token.secret()
-            ),
+            link: site.site.reset_link(&user.link_id, token.secret()),
             valid_for: valid_for(self.config.token_ttl, lang),
         };
         let mut email = self

@@ -7,7 +7,7 @@ use lapin::{
     BasicProperties, Channel,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    types::{AMQPValue, LongString, ShortString},
 };
 use resetmail_shared::{
     amqp,
@@ -33,10 +33,8 @@ impl Attempt {
     /// Reads the attempt headers of `delivery`; a delivery without them is a first attempt.
     pub fn of(delivery: &Delivery) -> Self {
         let table = delivery.properties.headers().as_ref();
-        let previous = table
-            .and_then(|table| header_int(table, headers::ATTEMPTS))
-            .unwrap_or(0);
-        let first_at = table.and_then(|table| header_str(table, headers::FIRST_ATTEMPT_AT));
+        let previous = headers::int(table, headers::ATTEMPTS).unwrap_or(0);
+        let first_at = headers::text(table, headers::FIRST_ATTEMPT_AT);
         Self {
             number: u32::try_from(previous)
                 .unwrap_or(u32::MAX - 1)
@@ -232,27 +230,6 @@ fn with_headers(
 
 fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
-}
-
-fn header_int(table: &FieldTable, key: &str) -> Option<i64> {
-    match table.inner().get(key)? {
-        AMQPValue::LongLongInt(value) => Some(*value),
-        AMQPValue::LongInt(value) => Some(i64::from(*value)),
-        AMQPValue::LongUInt(value) => Some(i64::from(*value)),
-        AMQPValue::ShortInt(value) => Some(i64::from(*value)),
-        AMQPValue::ShortUInt(value) => Some(i64::from(*value)),
-        _ => None,
-    }
-}
-
-fn header_str(table: &FieldTable, key: &str) -> Option<String> {
-    match table.inner().get(key)? {
-        AMQPValue::LongString(value) => {
-            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
-        }
-        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
-        _ => None,
-    }
 }
 
 fn now() -> String {

@@ -130,7 +130,7 @@ fn site_templates(json: &str, site: &Site, logo: &str) -> anyhow::Result<Vec<Sit
         &site.name,
         &site.url,
         logo,
-        &format!("{}/session/reset?id=sample&secret=sample", site.url),
+        &site.reset_link("sample", "sample"),
         "Sample",
         "user@example.com",
     );

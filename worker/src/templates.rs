@@ -345,7 +345,11 @@ fn sample_context(lang: &str) -> ResetEmailContext {
         site_url: "http://localhost:5212".into(),
         name: "<Sample & User>".into(),
         email: "sample@example.com".into(),
-        link: "http://localhost:5212/session/reset?id=00000000-0000-0000-0000-000000000000&secret=sample".into(),
+        link: crate::config::Site {
+            url: "http://localhost:5212".into(),
+            name: "Cloudreve".into(),
+        }
+        .reset_link(uuid::Uuid::nil(), "sample"),
         valid_for: valid_for(Duration::from_secs(3600), lang),
     }
 }
