@@ -82,7 +82,7 @@ mod tests {
     ];
 
     fn codec(salt: &str) -> HashIds {
-        HashIds::new(salt).unwrap_or_else(|error| panic!("{error}"))
+        HashIds::new(salt).unwrap()
     }
 
     #[test]

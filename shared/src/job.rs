@@ -95,7 +95,7 @@ mod tests {
     fn sample() -> Job {
         Job::PasswordReset(PasswordResetJob {
             job_id: Uuid::nil(),
-            email: EmailAddress::parse("jane@example.com").unwrap_or_else(|e| panic!("{e}")),
+            email: EmailAddress::parse("jane@example.com").unwrap(),
             correlation_id: Uuid::max(),
             requested_at: OffsetDateTime::UNIX_EPOCH,
         })

@@ -257,8 +257,7 @@ async fn the_job_is_published_persistent_with_its_ids_after_the_confirm() {
         .take(&broker.topology.work_queue())
         .await
         .unwrap_or_else(|| panic!("no job queued"));
-    let body: serde_json::Value =
-        serde_json::from_slice(&message.delivery.data).unwrap_or_else(|e| panic!("{e}"));
+    let body: serde_json::Value = serde_json::from_slice(&message.delivery.data).unwrap();
     assert_eq!(body["v"], json!(1));
     assert_eq!(body["type"], json!("password_reset"));
     assert_eq!(body["email"], json!("Jane.Doe@Example.com"));

@@ -51,7 +51,7 @@ async fn captcha_answered(api: &TestApi, db: &TestDb, answer: &str) -> String {
         .bind(answer_hash(&captcha_secret(CAPTCHA_SECRET), &ticket, answer).as_slice())
         .execute(&db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     ticket
 }
 
@@ -94,7 +94,7 @@ async fn the_graphic_captcha_is_a_png_with_a_ticket_that_lives_ten_minutes() {
         .bind(ticket)
         .fetch_one(&db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     assert!((590.0..=600.0).contains(&lives), "{lives}");
     let other = api
         .send(api.client.get(format!("{}/api/v4/site/captcha", api.base)))
@@ -187,7 +187,7 @@ async fn the_graphic_captcha_lets_only_a_right_fresh_unused_answer_through() {
     .bind(&ticket)
     .execute(&db.pool)
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
     assert_refused(
         &post(
             &api,
@@ -210,20 +210,20 @@ async fn expired_captcha_tickets_are_pruned() {
     ] {
         resetmail_shared::db::captcha_tickets::insert(&db.pool, ticket, &hash, ttl)
             .await
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
     }
     sqlx::query("UPDATE captcha_tickets SET expires_at = now() - interval '1 second' WHERE ticket = 'stale'")
         .execute(&db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     let pruned = resetmail_shared::db::captcha_tickets::prune(&db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     assert_eq!(pruned, 1);
     let left: Vec<String> = sqlx::query_scalar("SELECT ticket FROM captcha_tickets")
         .fetch_all(&db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     assert_eq!(left, ["fresh"]);
 }
 
@@ -255,7 +255,7 @@ async fn issued(api: &TestApi, db: &TestDb) -> (String, Vec<u8>) {
         .bind(&ticket)
         .fetch_one(&db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     (ticket, stored)
 }
 
@@ -272,7 +272,7 @@ async fn answers_matching(
             .collect()
     })
     .await
-    .unwrap_or_else(|error| panic!("{error}"))
+    .unwrap()
 }
 
 #[tokio::test]
@@ -632,9 +632,7 @@ fn a_captcha_without_its_secret_is_refused_at_start_up() {
             "RESETMAIL_CAP_SECRET",
         ),
     ] {
-        let config = Cli::try_parse_from(&args)
-            .unwrap_or_else(|error| panic!("{error}"))
-            .captcha;
+        let config = Cli::try_parse_from(&args).unwrap().captcha;
         let error = resetmail_api::captcha::Captcha::from_config(&config)
             .err()
             .map(|error| error.to_string());

@@ -116,7 +116,7 @@ async fn a_cloudreve_account_resets_the_password_cloudreves_sign_in_checks() {
         "the logo is not made absolute: {}",
         mail.html
     );
-    let ids = HashIds::new(HASH_ID_SALT).unwrap_or_else(|error| panic!("{error}"));
+    let ids = HashIds::new(HASH_ID_SALT).unwrap();
     assert_eq!(
         ids.decode(&id, ObjectKind::User),
         Ok(u64::try_from(user_id).unwrap_or_default()),
@@ -204,7 +204,7 @@ async fn a_link_id_that_is_not_the_sites_is_refused_as_cloudreve_refuses_it() {
     let (database, pool) = cloudreve_mode(&site).await;
     let broker = TestBroker::new().await;
     let api = TestApi::start_configured(api_config(&database, &broker.config, &[]), pool).await;
-    let another_sites = HashIds::new("another salt").unwrap_or_else(|error| panic!("{error}"));
+    let another_sites = HashIds::new("another salt").unwrap();
     for id in [
         // The built-in mode's kind of id.
         "00000000-0000-0000-0000-000000000000".to_owned(),
@@ -245,7 +245,7 @@ async fn cloudreve_mode_on_a_database_without_cloudreves_tables_stops_with_the_r
         sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'resetmail'")
             .fetch_one(&not_cloudreve.pool)
             .await
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
     assert_eq!(
         schemas, 0,
         "a schema was created in a database that is not Cloudreve's"
@@ -258,7 +258,7 @@ async fn account_row(pool: &PgPool, user_id: i64) -> serde_json::Value {
         .bind(user_id)
         .fetch_one(pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"))
+        .unwrap()
 }
 
 /// A worker in Cloudreve mode that takes everything it can from the site: address, name, sender,
@@ -541,7 +541,7 @@ async fn user_add_refuses_cloudreve_mode_without_touching_the_site() {
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM public.users")
         .fetch_one(&site.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     assert_eq!(users, 0);
     assert_eq!(site.cloudreve_structure().await, before);
 }

@@ -33,13 +33,9 @@ fn run(program: &str, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
         .unwrap_or_else(|error| panic!("cannot run {program}: {error}"));
     if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
         use std::io::Write as _;
-        stdin
-            .write_all(input)
-            .unwrap_or_else(|error| panic!("{error}"));
+        stdin.write_all(input).unwrap();
     }
-    let output = child
-        .wait_with_output()
-        .unwrap_or_else(|error| panic!("{error}"));
+    let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
         "{program} {args:?} failed: {}",
@@ -76,7 +72,7 @@ fn ed25519_key() -> Key {
     let seed: Vec<u8> = [Uuid::new_v4().into_bytes(), Uuid::new_v4().into_bytes()].concat();
     let encoded = base64::prelude::BASE64_STANDARD.encode(&seed);
     let path = std::env::temp_dir().join(format!("resetmail-dkim-{}.key", Uuid::new_v4()));
-    std::fs::write(&path, &encoded).unwrap_or_else(|error| panic!("{error}"));
+    std::fs::write(&path, &encoded).unwrap();
     let public = run(
         "python3",
         &[
@@ -116,13 +112,9 @@ fn dkimpy_accepts(message: &str, name: &str, record: &str) -> bool {
         .unwrap_or_else(|error| panic!("cannot run python3: {error}"));
     if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write as _;
-        stdin
-            .write_all(crlf.as_bytes())
-            .unwrap_or_else(|error| panic!("{error}"));
+        stdin.write_all(crlf.as_bytes()).unwrap();
     }
-    let output = child
-        .wait_with_output()
-        .unwrap_or_else(|error| panic!("{error}"));
+    let output = child.wait_with_output().unwrap();
     let verdict = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         verdict == "pass" || verdict == "fail",

@@ -487,8 +487,11 @@ impl Stream {
             if Instant::now() >= deadline {
                 let mut tally = std::collections::BTreeMap::<String, usize>::new();
                 for answer in &answers {
+                    let code = serde_json::from_str::<serde_json::Value>(&answer.body)
+                        .map(|body| body["code"].to_string())
+                        .unwrap_or_else(|_| answer.body.clone());
                     *tally
-                        .entry(format!("{} {}", answer.status, answer.body))
+                        .entry(format!("HTTP {} code {code}", answer.status))
                         .or_default() += 1;
                 }
                 return Err(format!(

@@ -41,9 +41,7 @@ struct Cli<T: clap::Args> {
 
 /// A configuration parsed from flags as an operator would give them, on the test's database and broker.
 fn parse<T: clap::Args>(args: &[&str]) -> T {
-    Cli::<T>::try_parse_from(args)
-        .unwrap_or_else(|error| panic!("{error}"))
-        .config
+    Cli::<T>::try_parse_from(args).unwrap().config
 }
 
 /// The api's configuration, on the test's database and broker, with `extra` flags.
@@ -202,7 +200,7 @@ impl TestApi {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
         TestApi {
             base,
             client,
@@ -234,10 +232,7 @@ impl TestApi {
             .get("x-cr-correlation-id")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
-        let text = response
-            .text()
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
+        let text = response.text().await.unwrap();
         let json = serde_json::from_str(&text)
             .unwrap_or_else(|error| panic!("not JSON ({error}): {text}"));
         Answer {
@@ -288,9 +283,7 @@ pub fn job_for(email: &str) -> PasswordResetJob {
 pub async fn publish(broker: &TestBroker, job: &PasswordResetJob) {
     broker
         .publish_raw(
-            &Job::PasswordReset(job.clone())
-                .encode()
-                .unwrap_or_else(|error| panic!("{error}")),
+            &Job::PasswordReset(job.clone()).encode().unwrap(),
             Some(&job.job_id.to_string()),
         )
         .await;
@@ -365,11 +358,7 @@ pub fn per_recipient(sink: &SmtpSink) -> std::collections::HashMap<String, usize
 
 /// A listener on a free loopback port, and its base URL `http://127.0.0.1:port`.
 pub async fn local_listener() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|error| panic!("{error}"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     (listener, format!("http://{addr}"))
 }

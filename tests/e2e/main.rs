@@ -1,5 +1,9 @@
 //! Integration and end-to-end tests of resetmail on real PostgreSQL, RabbitMQ and SMTP over TCP.
 
+// Test code reports a failure by panicking: `unwrap` says which value was not there. (Unit tests get
+// the same from clippy.toml; these helpers are not `#[test]` functions, so they say it here.)
+#![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
+
 mod abuse;
 mod api_broker_outage;
 mod api_reset;

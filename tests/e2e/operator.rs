@@ -308,13 +308,13 @@ async fn template_preview_renders_the_chosen_language_and_refuses_a_broken_overr
 
     let dir = std::env::temp_dir().join(format!("resetmail-override-{}", Uuid::new_v4()));
     let lang = dir.join("reset/en-US");
-    std::fs::create_dir_all(&lang).unwrap_or_else(|error| panic!("{error}"));
+    std::fs::create_dir_all(&lang).unwrap();
     for (part, source) in [
         ("subject.hbs", "[{{site_name}}] Reset"),
         ("body.html.hbs", "<p>{{#if link}}</p>"),
         ("body.txt.hbs", "{{link}}"),
     ] {
-        std::fs::write(lang.join(part), source).unwrap_or_else(|error| panic!("{error}"));
+        std::fs::write(lang.join(part), source).unwrap();
     }
     let mut broken = config.clone();
     broken.templates_dir = Some(dir.clone());
@@ -357,19 +357,19 @@ async fn retention_deletes_old_rows_and_dead_tokens_only() {
     )))
     .execute(&db.pool)
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
 
     let pruned =
         resetmail_worker::prune_once(&db.pool, std::time::Duration::from_secs(30 * 86_400))
             .await
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
     assert_eq!(pruned, (1, 2));
     let left: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM password_reset_tokens WHERE token_hash = sha256('live')",
     )
     .fetch_one(&db.pool)
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
     assert_eq!(left, 1);
 }
 
@@ -395,25 +395,21 @@ async fn a_backlog_of_old_rows_larger_than_a_batch_is_pruned_through_indexes() {
     )))
     .execute(&db.pool)
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
 
     let pruned =
         resetmail_worker::prune_once(&db.pool, std::time::Duration::from_secs(30 * 86_400))
             .await
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
     assert_eq!(pruned, (12_345, 11_000));
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
         .fetch_one(&db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     assert_eq!(left, 10);
 
     // Each delete finds its rows through an index, not by reading the whole table.
-    let mut connection = db
-        .pool
-        .acquire()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    let mut connection = db.pool.acquire().await.unwrap();
     for (query, index) in [
         (
             "SELECT job_id FROM deliveries WHERE requested_at < now() - interval '30 days' LIMIT 5000",
@@ -428,11 +424,11 @@ async fn a_backlog_of_old_rows_larger_than_a_batch_is_pruned_through_indexes() {
         sqlx::raw_sql("SET enable_seqscan = off")
             .execute(&mut *connection)
             .await
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
         let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {query}")))
             .fetch_all(&mut *connection)
             .await
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
         let plan = plan.join("\n");
         assert!(plan.contains(index), "{query}:\n{plan}");
     }
@@ -448,7 +444,7 @@ async fn processes_starting_together_on_an_older_schema_all_migrate_it() {
     )
     .execute(&db.pool)
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
 
     // An api and two workers starting at once, as `docker compose up` starts them.
     let starts = (0..3).map(|_| resetmail_shared::db::connect(&db.config));
@@ -461,7 +457,7 @@ async fn processes_starting_together_on_an_older_schema_all_migrate_it() {
     )
     .fetch_one(&db.pool)
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
     assert_eq!(indexes, 2);
 }
 
@@ -475,7 +471,7 @@ async fn three_workers_share_a_thousand_requests_and_send_each_email_once() {
         .bind(total as i32)
         .execute(&db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     let api = TestApi::start(&db, &broker.config).await;
     let workers: Vec<_> = (0..3)
         .map(|_| TestWorker::start(worker_config(&db.config, &broker.config, &sink, &[])))
@@ -513,7 +509,7 @@ async fn the_api_counts_requests_by_route_and_code_and_times_its_publishes() {
         .get(format!("{}/metrics", api.base))
         .send()
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.unwrap_or_default();
     for expected in [
@@ -555,10 +551,7 @@ async fn the_worker_serves_health_readiness_and_its_job_metrics() {
     let get = |path: &str| {
         let request = client.get(format!("{base}{path}"));
         async move {
-            let response = request
-                .send()
-                .await
-                .unwrap_or_else(|error| panic!("{error}"));
+            let response = request.send().await.unwrap();
             (
                 response.status().as_u16(),
                 response.text().await.unwrap_or_default(),

@@ -76,7 +76,7 @@ async fn addresses_named_by_the_mail_server_are_masked_in_every_operator_output_
     .bind(old_error)
     .execute(&db.pool)
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
     let mut table = FieldTable::default();
     for (key, value) in [
         (headers::ERROR_CLASS, "permanent"),
@@ -89,11 +89,11 @@ async fn addresses_named_by_the_mail_server_are_masked_in_every_operator_output_
         &broker.channel,
         "",
         &dead,
-        &job.encode().unwrap_or_else(|error| panic!("{error}")),
+        &job.encode().unwrap(),
         amqp::job_properties(&job).with_headers(table),
     )
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
     broker.wait_for_count(&dead, 3, PATIENCE).await;
 
     // The delivery table.
@@ -203,7 +203,7 @@ async fn operator_tables_and_json_print_times_in_one_readable_utc_format() {
     .bind(job_id)
     .execute(&db.pool)
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
     let mut table = FieldTable::default();
     for (key, value) in [
         (
@@ -224,7 +224,7 @@ async fn operator_tables_and_json_print_times_in_one_readable_utc_format() {
             .with_headers(table),
     )
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
 
     // Tables: `2026-11-30 04:15:39Z` in UTC, each time in its column under its heading.
     let aligned = |text: &str, heading: &str, time: &str| {

@@ -136,7 +136,7 @@ async fn requests_keep_their_promise_while_the_broker_closes_every_connection() 
             }
         }
     }
-    let closed = closer.await.unwrap_or_else(|error| panic!("{error}"));
+    let closed = closer.await.unwrap();
     assert!(
         closed >= 2,
         "the broker closed {closed} connections; expected the api's and the worker's"
@@ -247,12 +247,12 @@ async fn a_stopping_worker_finishes_what_it_took_and_leaves_the_rest_queued() {
     let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE outcome = 'sent'")
         .fetch_one(&db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     let pending: i64 =
         sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE outcome <> 'sent'")
             .fetch_one(&db.pool)
             .await
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
     assert_eq!(pending, 0, "a job was left half done");
     assert!(
         sent < total,

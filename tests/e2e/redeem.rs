@@ -71,7 +71,7 @@ async fn stored_hash(db: &TestDb) -> Option<String> {
     sqlx::query_scalar("SELECT password_hash FROM users WHERE email = 'jane@example.com'")
         .fetch_one(&db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -105,7 +105,7 @@ async fn a_link_sets_the_password_once_and_only_the_latest_link_works() {
         .await
         .unwrap_or_else(|| panic!("no password stored"));
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    let parsed = PasswordHash::new(&hash).unwrap_or_else(|error| panic!("{error}"));
+    let parsed = PasswordHash::new(&hash).unwrap();
     assert!(
         Argon2::default()
             .verify_password(b"correct horse battery", &parsed)
@@ -175,7 +175,7 @@ async fn an_expired_a_foreign_or_a_made_up_link_is_refused_the_same_way() {
     sqlx::query("UPDATE password_reset_tokens SET expires_at = now() - interval '1 second'")
         .execute(&site.db.pool)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     assert_expired(&site.api.redeem(&id, body).await, "expired");
     assert_eq!(stored_hash(&site.db).await, None);
     site.worker.stop().await;

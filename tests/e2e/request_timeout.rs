@@ -14,17 +14,12 @@ async fn a_request_past_the_time_limit_gets_503_in_the_envelope_with_its_correla
     let broker = TestBroker::new().await;
     let api = TestApi::start_with(&db, &broker.config, &["--request-timeout", "3s"]).await;
     // A stuck database: while this transaction holds the table, a redeem waits on it for ever.
-    let mut blocker = sqlx::PgConnection::connect(&db.config.url)
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    let mut stuck = blocker
-        .begin()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    let mut blocker = sqlx::PgConnection::connect(&db.config.url).await.unwrap();
+    let mut stuck = blocker.begin().await.unwrap();
     sqlx::query("LOCK TABLE password_reset_tokens IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *stuck)
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     let correlation_id = Uuid::new_v4().to_string();
 
     let answer = api
@@ -53,10 +48,7 @@ async fn a_request_past_the_time_limit_gets_503_in_the_envelope_with_its_correla
     assert_eq!(answer.json["correlation_id"], json!(correlation_id));
 
     // The database free again, the same request gets its ordinary answer.
-    stuck
-        .rollback()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    stuck.rollback().await.unwrap();
     let answer = api
         .redeem(
             &Uuid::new_v4().to_string(),

@@ -34,13 +34,13 @@ fn config(delays: &str, queue_type: QueueType) -> BrokerConfig {
         nodes: nodes(&server_url()),
         queue_prefix: format!("test-{}", Uuid::new_v4().simple()),
         queue_type,
-        retry_delays: RetryDelays::parse(delays).unwrap_or_else(|error| panic!("{error}")),
+        retry_delays: RetryDelays::parse(delays).unwrap(),
     }
 }
 
 /// `AMQP_URL` as the binaries read it.
 pub fn nodes(url: &str) -> BrokerNodes {
-    BrokerNodes::parse(url).unwrap_or_else(|error| panic!("{error}"))
+    BrokerNodes::parse(url).unwrap()
 }
 
 /// A unique prefix on the real broker, with a connection for the test's own inspections.
@@ -75,14 +75,11 @@ impl TestBroker {
         let connection = amqp::connect(&server_url(), "resetmail-test")
             .await
             .unwrap_or_else(|error| panic!("cannot reach RabbitMQ at {}: {error}", server_url()));
-        let channel = connection
-            .create_channel()
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
+        let channel = connection.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
         topology
             .declare(&channel)
             .await
@@ -229,7 +226,7 @@ pub async fn close_connections_named(fragment: &str) -> usize {
         }
         pids.len()
     });
-    closed.await.unwrap_or_else(|error| panic!("{error}"))
+    closed.await.unwrap()
 }
 
 /// A header of a message as text (strings as they are, numbers in decimal).
@@ -303,13 +300,13 @@ impl TestBrokerUser {
             rabbitmqctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
         })
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
         user
     }
 
     /// `url` (an `amqp://` URL) with this user's credentials instead of its own.
     pub fn url(&self) -> String {
-        let mut url = url::Url::parse(&server_url()).unwrap_or_else(|error| panic!("{error}"));
+        let mut url = url::Url::parse(&server_url()).unwrap();
         let set = url
             .set_username(&self.name)
             .and_then(|()| url.set_password(Some(&self.password)));

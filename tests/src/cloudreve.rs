@@ -194,7 +194,7 @@ impl CloudreveDb {
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size)
             .connect_lazy(&config.url)
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
         // Built first so that Drop removes the database even if what follows panics.
         let db = CloudreveDb { name, pool, config };
         sqlx::raw_sql(SCHEMA)
@@ -388,8 +388,8 @@ mod tests {
             .bind(id)
             .fetch_one(&db.pool)
         };
-        let jane = stored(first).await.unwrap_or_else(|e| panic!("{e}"));
-        let bob = stored(second).await.unwrap_or_else(|e| panic!("{e}"));
+        let jane = stored(first).await.unwrap();
+        let bob = stored(second).await.unwrap();
         assert_eq!((first, second), (1, 2), "the ids of the hashid vectors");
         assert_eq!(
             (
@@ -435,25 +435,19 @@ mod tests {
                 .fetch_one(&db.pool)
         };
         let seeded = (
-            value("siteURL").await.unwrap_or_else(|e| panic!("{e}")),
-            value("hash_id_salt")
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-            value("fromAdress").await.unwrap_or_else(|e| panic!("{e}")),
+            value("siteURL").await.unwrap(),
+            value("hash_id_salt").await.unwrap(),
+            value("fromAdress").await.unwrap(),
         );
-        let templates: serde_json::Value = serde_json::from_str(
-            &value("mail_reset_template")
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let templates: serde_json::Value =
+            serde_json::from_str(&value("mail_reset_template").await.unwrap()).unwrap();
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT table_schema || '.' || table_name FROM information_schema.tables \
              WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
         )
         .fetch_all(&db.pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
 
         assert_eq!(
             seeded,
@@ -488,7 +482,7 @@ mod tests {
         sqlx::query("UPDATE settings SET updated_at = now() - interval '1 day'")
             .execute(&db.pool)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
 
         db.set_setting("siteName", "My cloud").await;
         db.set_setting("login_captcha", "1").await;
@@ -499,7 +493,7 @@ mod tests {
         )
         .fetch_all(&db.pool)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(
             rows,
             [
@@ -552,14 +546,14 @@ mod tests {
         let again = db.cloudreve_structure().await;
         execute("CREATE INDEX users_nick ON users (nick)")
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let indexed = db.cloudreve_structure().await;
         execute(
             "CREATE SCHEMA resetmail; \
              CREATE TABLE resetmail.tokens (user_id bigint REFERENCES public.users (id))",
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let referenced = db.cloudreve_structure().await;
 
         assert_eq!(before, again);

@@ -104,6 +104,22 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        // A failed test keeps the nodes' logs: what the broker did is half of what went wrong.
+        if std::thread::panicking() {
+            let kept = std::env::temp_dir().join(format!(
+                "resetmail-cluster-logs-{}",
+                Uuid::new_v4().simple()
+            ));
+            let _ = std::fs::create_dir_all(&kept);
+            for n in 1..=3 {
+                let from = self.dir.join(format!("node{n}/log"));
+                let to = kept.join(format!("node{n}"));
+                let _ = std::process::Command::new("cp")
+                    .args(["-r", &from.to_string_lossy(), &to.to_string_lossy()])
+                    .status();
+            }
+            eprintln!("the cluster's logs are kept in {}", kept.display());
+        }
         let _ = std::process::Command::new("bash")
             .arg(script())
             .arg("stop")

@@ -4,6 +4,10 @@
 //! binaries run as child processes, and a RabbitMQ cluster and a PostgreSQL server of a test's own
 //! to kill and restart. `cloudreve` makes the database a Cloudreve v4 site's instead.
 
+// Test code reports a failure by panicking: `unwrap` says which value was not there. (Unit tests get
+// the same from clippy.toml; these helpers are not `#[test]` functions, so they say it here.)
+#![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
+
 pub mod broker;
 pub mod cloudreve;
 pub mod cluster;

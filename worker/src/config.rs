@@ -12,8 +12,8 @@ use resetmail_shared::{
 pub struct WorkerConfig {
     /// Public URL of the Cloudreve site; links point there (never taken from a request). Unset: the
     /// site's `siteURL` setting in Cloudreve mode, else `http://localhost:5212` (Cloudreve's default).
-    #[arg(long = "site-url", env = "RESETMAIL_SITE_URL")]
-    pub site_url: Option<String>,
+    #[arg(long = "site-url", env = "RESETMAIL_SITE_URL", value_parser = parse_site_url)]
+    pub site_url: Option<url::Url>,
     /// Site name, in the subject `[{site name}] …` and the email. Unset: the site's `siteName`
     /// setting in Cloudreve mode, else `Cloudreve`.
     #[arg(long = "site-name", env = "RESETMAIL_SITE_NAME")]
@@ -30,8 +30,8 @@ pub struct WorkerConfig {
     pub outbox_dir: PathBuf,
     /// Sender of the emails. Unset: `fromName <fromAdress>` of the site in Cloudreve mode, else
     /// `Cloudreve <no-reply@localhost>`.
-    #[arg(long = "mail-from", env = "RESETMAIL_MAIL_FROM")]
-    pub mail_from: Option<String>,
+    #[arg(long = "mail-from", env = "RESETMAIL_MAIL_FROM", value_parser = parse_mailbox)]
+    pub mail_from: Option<lettre::message::Mailbox>,
     /// In Cloudreve mode, how often the site's settings are read again (also on SIGHUP), so that
     /// changes made in Cloudreve's dashboard apply without a restart.
     #[arg(long = "settings-refresh", env = "RESETMAIL_SETTINGS_REFRESH", default_value = "30s", value_parser = parse_duration)]
@@ -121,15 +121,47 @@ pub struct WorkerConfig {
     #[arg(
         long = "worker-http-addr",
         env = "RESETMAIL_WORKER_HTTP_ADDR",
-        default_value = "127.0.0.1:9091"
+        default_value = "127.0.0.1:9091",
+        value_parser = parse_http_addr
     )]
-    pub http_addr: String,
+    pub http_addr: HttpAddr,
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub broker: BrokerConfig,
     #[command(flatten)]
     pub log: LogConfig,
+}
+
+/// Where the worker serves its HTTP port: an address, or nowhere (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpAddr(pub Option<std::net::SocketAddr>);
+
+/// Reads `RESETMAIL_WORKER_HTTP_ADDR`: `host:port`, or `off`.
+fn parse_http_addr(text: &str) -> Result<HttpAddr, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(HttpAddr(None));
+    }
+    text.trim()
+        .parse()
+        .map(|addr| HttpAddr(Some(addr)))
+        .map_err(|_| format!("`{text}` is not an address: write e.g. 127.0.0.1:9091, :0 for any free port, or off"))
+}
+
+/// Reads `RESETMAIL_SITE_URL`: an `http://` or `https://` URL.
+fn parse_site_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text.trim()).map_err(|error| format!("`{text}`: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("`{text}` must start with http:// or https://"));
+    }
+    Ok(url)
+}
+
+/// Reads `RESETMAIL_MAIL_FROM`: `Name <address>` or an address.
+fn parse_mailbox(text: &str) -> Result<lettre::message::Mailbox, String> {
+    text.parse().map_err(|error| {
+        format!("`{text}` is not a sender (`Name <address>` or an address): {error}")
+    })
 }
 
 /// Cloudreve's own defaults for the site's address and name.
@@ -160,7 +192,8 @@ impl WorkerConfig {
     pub fn site(&self, cloudreve: Option<&SiteSettings>) -> anyhow::Result<Site> {
         let url = self
             .site_url
-            .clone()
+            .as_ref()
+            .map(url::Url::to_string)
             .or_else(|| cloudreve.and_then(SiteSettings::first_site_url))
             .unwrap_or_else(|| DEFAULT_SITE_URL.to_owned())
             .trim_end_matches('/')

@@ -102,7 +102,7 @@ mod tests {
             contents.map_or(0, str::len)
         ));
         if let Some(contents) = contents {
-            std::fs::write(&path, contents).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&path, contents).unwrap();
         }
         let error = Dkim::load(&path, "s1", "example.com")
             .err()
@@ -128,7 +128,7 @@ mod tests {
     fn an_ed25519_seed_loads() {
         let seed = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
         let path = std::env::temp_dir().join(format!("resetmail-dkim-seed-{}", std::process::id()));
-        std::fs::write(&path, seed).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, seed).unwrap();
         let loaded = Dkim::load(&path, "s1", "example.com");
         let _ = std::fs::remove_file(&path);
         assert!(loaded.is_ok(), "{:?}", loaded.err());

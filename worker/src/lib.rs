@@ -26,7 +26,12 @@ use resetmail_shared::{
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::WorkerConfig, mailer::Mailer, site::SiteConfig, templates::Templates};
+use crate::{
+    config::{HttpAddr, WorkerConfig},
+    mailer::Mailer,
+    site::SiteConfig,
+    templates::Templates,
+};
 
 /// Everything a job needs; shared by the tasks that handle jobs.
 pub struct Worker {
@@ -151,7 +156,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         worker.config.retention,
         shutdown.clone(),
     ));
-    if let Some(listener) = bind_http(&worker.config.http_addr).await? {
+    if let Some(listener) = bind_http(worker.config.http_addr).await? {
         let probe = health::Probe {
             health: worker.health.clone(),
             pool: worker.pool.clone(),
@@ -190,13 +195,10 @@ pub async fn prune_once(pool: &PgPool, retention: std::time::Duration) -> sqlx::
 /// Binds the worker's HTTP port. A taken address is an error, so that a health check probing the
 /// configured port never checks another process; `:0` takes any free port (several workers on one
 /// host), logged.
-async fn bind_http(address: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-    if address.eq_ignore_ascii_case("off") {
+async fn bind_http(address: HttpAddr) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let HttpAddr(Some(wanted)) = address else {
         return Ok(None);
-    }
-    let wanted: std::net::SocketAddr = address
-        .parse()
-        .context("RESETMAIL_WORKER_HTTP_ADDR is not an address")?;
+    };
     let listener = tokio::net::TcpListener::bind(wanted)
         .await
         .with_context(|| {

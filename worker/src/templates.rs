@@ -528,9 +528,7 @@ mod tests {
         let templates = builtin();
         let mut context = sample_context("en-US");
         context.name = "<script>alert(1)</script>".into();
-        let email = templates
-            .render("en-US", &context)
-            .unwrap_or_else(|error| panic!("{error}"));
+        let email = templates.render("en-US", &context).unwrap();
         assert!(email.html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(!email.html.contains("<script>"));
         assert!(email.text.contains("<script>alert(1)</script>"));
@@ -579,13 +577,13 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("resetmail-templates-{}", uuid::Uuid::new_v4()));
         let lang = dir.join("reset/de-DE");
-        std::fs::create_dir_all(&lang).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&lang).unwrap();
         for (part, source) in [
             ("subject.hbs", "[{{site_name}}] Passwort"),
             ("body.html.hbs", "{{#if link}}"),
             ("body.txt.hbs", "{{link}}"),
         ] {
-            std::fs::write(lang.join(part), source).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(lang.join(part), source).unwrap();
         }
         let error = Templates::load(Some(&dir), "en-US")
             .err()
@@ -600,13 +598,13 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("resetmail-templates-{}", uuid::Uuid::new_v4()));
         let lang = dir.join("reset/en-US");
-        std::fs::create_dir_all(&lang).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&lang).unwrap();
         for (part, source) in [
             ("subject.hbs", "[{{site_name}}] Reset"),
             ("body.html.hbs", "{{link}} {{nickname}}"),
             ("body.txt.hbs", "{{link}}"),
         ] {
-            std::fs::write(lang.join(part), source).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(lang.join(part), source).unwrap();
         }
         let result = Templates::load(Some(&dir), "en-US");
         let _ = std::fs::remove_dir_all(&dir);
@@ -623,9 +621,9 @@ mod tests {
         for (path, source) in files {
             let file = dir.join(path);
             if let Some(parent) = file.parent() {
-                std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{e}"));
+                std::fs::create_dir_all(parent).unwrap();
             }
-            std::fs::write(file, source).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(file, source).unwrap();
         }
         dir
     }
@@ -717,9 +715,7 @@ mod tests {
             site_url: "https://cloud.example.com".into(),
             email: "<script>alert(1)</script>@example.org".into(),
         };
-        let notice = templates
-            .render_notice("en-US", &context)
-            .unwrap_or_else(|error| panic!("{error}"));
+        let notice = templates.render_notice("en-US", &context).unwrap();
         assert!(
             notice
                 .html
@@ -763,9 +759,7 @@ mod tests {
         // With that language as the default, there is no notice of its own to fall back on.
         let dir = override_dir(&files);
         let templates = load_and_remove(&dir, "xx-XX").unwrap_or_else(|error| panic!("{error:#}"));
-        let notice = templates
-            .render_notice("xx-XX", &notice_context())
-            .unwrap_or_else(|error| panic!("{error}"));
+        let notice = templates.render_notice("xx-XX", &notice_context()).unwrap();
         assert_eq!(notice.subject, "[Example Cloud] Password reset request");
     }
 
@@ -789,9 +783,7 @@ mod tests {
                 "{lang}"
             );
         }
-        let german = templates
-            .render_notice("de-DE", &notice_context())
-            .unwrap_or_else(|error| panic!("{error}"));
+        let german = templates.render_notice("de-DE", &notice_context()).unwrap();
         assert!(german.subject.contains("Passworts"), "{}", german.subject);
     }
 

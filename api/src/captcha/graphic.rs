@@ -91,11 +91,17 @@ pub struct GraphicCaptcha {
     secret: CaptchaSecret,
 }
 
+/// The widest picture the drawing canvas holds (`RESETMAIL_CAPTCHA_WIDTH`'s bound).
+pub const MAX_WIDTH: u32 = CANVAS.0;
+/// The tallest picture the drawing canvas holds (`RESETMAIL_CAPTCHA_HEIGHT`'s bound).
+pub const MAX_HEIGHT: u32 = CANVAS.1;
+
 impl GraphicCaptcha {
-    /// The captcha as configured; the drawing canvas is 400×300, so nothing larger.
+    /// The captcha as configured: at most [`MAX_WIDTH`] × [`MAX_HEIGHT`], which the configuration's
+    /// own bounds already hold it to.
     pub fn new(config: &CaptchaConfig) -> anyhow::Result<Self> {
-        if config.width > 400 || config.height > 300 {
-            bail!("RESETMAIL_CAPTCHA_WIDTH/HEIGHT: at most 400×300");
+        if config.width > MAX_WIDTH || config.height > MAX_HEIGHT {
+            bail!("RESETMAIL_CAPTCHA_WIDTH/HEIGHT: at most {MAX_WIDTH}×{MAX_HEIGHT}");
         }
         // Every character, repeated to the configured length, must fit the picture.
         for character in ANSWER_ALPHABET.iter().map(|byte| char::from(*byte)) {
@@ -305,7 +311,7 @@ mod tests {
     }
 
     fn secret(text: &str) -> CaptchaSecret {
-        CaptchaSecret::from_str(text).unwrap_or_else(|error| panic!("{error}"))
+        CaptchaSecret::from_str(text).unwrap()
     }
 
     #[test]
@@ -357,7 +363,7 @@ mod tests {
         }
         let config =
             Cli::try_parse_from(["api", "--captcha-secret", "only-31-characters-long-secret!"])
-                .unwrap_or_else(|error| panic!("{error}"))
+                .unwrap()
                 .captcha;
         let error = GraphicCaptcha::new(&config)
             .err()

@@ -38,10 +38,10 @@ pub struct CaptchaConfig {
     #[arg(long = "captcha", env = "RESETMAIL_CAPTCHA", value_enum)]
     pub kind: Option<CaptchaKind>,
     /// Width of the graphic captcha in pixels.
-    #[arg(long = "captcha-width", env = "RESETMAIL_CAPTCHA_WIDTH", default_value_t = 240, value_parser = clap::value_parser!(u32).range(120..=1000))]
+    #[arg(long = "captcha-width", env = "RESETMAIL_CAPTCHA_WIDTH", default_value_t = 240, value_parser = clap::value_parser!(u32).range(120..=i64::from(graphic::MAX_WIDTH)))]
     pub width: u32,
     /// Height of the graphic captcha in pixels.
-    #[arg(long = "captcha-height", env = "RESETMAIL_CAPTCHA_HEIGHT", default_value_t = 60, value_parser = clap::value_parser!(u32).range(50..=300))]
+    #[arg(long = "captcha-height", env = "RESETMAIL_CAPTCHA_HEIGHT", default_value_t = 60, value_parser = clap::value_parser!(u32).range(50..=i64::from(graphic::MAX_HEIGHT)))]
     pub height: u32,
     /// Characters in the graphic captcha.
     #[arg(long = "captcha-length", env = "RESETMAIL_CAPTCHA_LENGTH", default_value_t = 6, value_parser = clap::value_parser!(u8).range(4..=10))]

@@ -111,14 +111,12 @@ mod tests {
     #[tokio::test]
     async fn a_hash_verifies_with_argon2_and_reused_memory_changes_nothing() {
         for _ in 0..2 {
-            let stored = hash("correct horse battery".into())
-                .await
-                .unwrap_or_else(|error| panic!("{error}"));
+            let stored = hash("correct horse battery".into()).await.unwrap();
             assert!(
                 stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
                 "{stored}"
             );
-            let parsed = PasswordHash::new(&stored).unwrap_or_else(|error| panic!("{error}"));
+            let parsed = PasswordHash::new(&stored).unwrap();
             assert!(
                 Argon2::default()
                     .verify_password(b"correct horse battery", &parsed)

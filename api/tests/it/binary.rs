@@ -129,8 +129,7 @@ async fn no_credential_reaches_the_api_logs_even_at_trace_level() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let amqp_user = TestBrokerUser::create().await;
-    let mut database_url =
-        url::Url::parse(&db.config.url).unwrap_or_else(|error| panic!("{error}"));
+    let mut database_url = url::Url::parse(&db.config.url).unwrap();
     let database_password = format!("pg-pw-{}", Uuid::new_v4().simple());
     let _ = database_url.set_password(Some(&database_password));
     for format in ["json", "pretty"] {

@@ -282,24 +282,22 @@ fn cloudreve_document() -> Value {
 
 /// Our document, its server Cloudreve's base path.
 fn our_document() -> Value {
-    serde_json::to_value(resetmail_api::openapi::document(CLOUDREVE_BASE))
-        .unwrap_or_else(|error| panic!("{error}"))
+    serde_json::to_value(resetmail_api::openapi::document(CLOUDREVE_BASE)).unwrap()
 }
 
 #[test]
 fn reset_request_and_answer_match_cloudreves_published_schema() {
     let (cloudreve, ours) = (cloudreve_document(), our_document());
 
-    let differences =
-        reset_differences(&cloudreve, &ours).unwrap_or_else(|error| panic!("{error}"));
+    let differences = reset_differences(&cloudreve, &ours).unwrap();
 
     assert_eq!(differences, Vec::<String>::new());
     // What was compared, read from Cloudreve's document: its composition resolved as intended.
     let request = read_object(
         &cloudreve,
-        body_schema(&cloudreve, "/user/reset", "post", None).unwrap_or_else(|e| panic!("{e}")),
+        body_schema(&cloudreve, "/user/reset", "post", None).unwrap(),
     )
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
     let string = |nullable: bool, format: Option<&str>| Property {
         types: if nullable {
             ["string".to_owned(), "null".to_owned()].into()
@@ -322,10 +320,9 @@ fn reset_request_and_answer_match_cloudreves_published_schema() {
     );
     let answer = read_object(
         &cloudreve,
-        body_schema(&cloudreve, "/user/reset", "post", Some("200"))
-            .unwrap_or_else(|e| panic!("{e}")),
+        body_schema(&cloudreve, "/user/reset", "post", Some("200")).unwrap(),
     )
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
     assert_eq!(
         answer,
         Object {
@@ -389,8 +386,7 @@ fn a_document_that_drifts_from_cloudreves_reset_schema_is_told_apart() {
             .pointer_mut(pointer)
             .unwrap_or_else(|| panic!("{pointer} is not in our document")) = value;
 
-        let differences =
-            reset_differences(&cloudreve, &ours).unwrap_or_else(|error| panic!("{error}"));
+        let differences = reset_differences(&cloudreve, &ours).unwrap();
 
         assert_ne!(differences, Vec::<String>::new(), "{drift} went unnoticed");
     }
@@ -401,8 +397,7 @@ fn a_document_that_drifts_from_cloudreves_reset_schema_is_told_apart() {
     {
         properties.insert("data".to_owned(), json!({"type": "string"}));
     }
-    let differences =
-        reset_differences(&cloudreve, &ours).unwrap_or_else(|error| panic!("{error}"));
+    let differences = reset_differences(&cloudreve, &ours).unwrap();
     assert_eq!(differences, ["answer: data is ours only"]);
 }
 
@@ -426,7 +421,7 @@ fn every_reference_in_the_document_resolves() {
 
     assert!(!found.is_empty());
     for reference in found {
-        resolve(&ours, reference).unwrap_or_else(|error| panic!("{error}"));
+        resolve(&ours, reference).unwrap();
     }
 }
 
@@ -455,13 +450,13 @@ async fn the_api_serves_its_document_of_its_three_routes_like_any_api_route() {
     let client = reqwest::Client::builder()
         .timeout(PATIENCE)
         .build()
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
 
     let answer = client
         .get(format!("http://{addr}/api/v4/openapi.json"))
         .send()
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
 
     assert_eq!(answer.status(), 200);
     let header = |name: &str| {

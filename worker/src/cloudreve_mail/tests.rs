@@ -5,19 +5,15 @@ use serde_json::json;
 use super::*;
 
 fn compile(source: &str) -> GoTemplate {
-    GoTemplate::compile(source).unwrap_or_else(|e| panic!("{e}"))
+    GoTemplate::compile(source).unwrap()
 }
 
 fn html(source: &str, data: &Value) -> String {
-    compile(source)
-        .render_html(data)
-        .unwrap_or_else(|e| panic!("{e}"))
+    compile(source).render_html(data).unwrap()
 }
 
 fn text(source: &str, data: &Value) -> String {
-    compile(source)
-        .render_text(data)
-        .unwrap_or_else(|e| panic!("{e}"))
+    compile(source).render_text(data).unwrap()
 }
 
 fn refusal(source: &str) -> String {
@@ -318,7 +314,7 @@ fn a_template_shaped_like_cloudreves_default_renders() {
         "user@example.com",
     );
     let template = compile(source);
-    template.check(&data).unwrap_or_else(|e| panic!("{e}"));
+    template.check(&data).unwrap();
     let expected = "<html lang=en-US xmlns=http://www.w3.org/1999/xhtml><title></title>\
         <meta content=\"text/html; charset=UTF-8\"http-equiv=Content-Type>\
         <meta content=\"IE=edge\"http-equiv=X-UA-Compatible>\
@@ -328,12 +324,7 @@ fn a_template_shaped_like_cloudreves_default_renders() {
         src=\"https://cloud.example.com/static/img/logo.svg\"style=display:block></a>\
         <a href=\"https://cloud.example.com/session/reset?id=9qib&amp;secret=Ab3\">Reset</a>\
         <span>A &amp; B &lt;C&gt;</span>";
-    assert_eq!(
-        template
-            .render_html(&data)
-            .unwrap_or_else(|e| panic!("{e}")),
-        expected
-    );
+    assert_eq!(template.render_html(&data).unwrap(), expected);
 }
 
 #[test]
@@ -396,11 +387,11 @@ fn titles_render_as_text_or_as_cloudreve_escapes_them() {
     let data = reset_data("A & B", "https://x", "https://x/l", "https://x/r", "n", "e");
     let title = compile("[{{ .CommonContext.SiteBasic.Name }}] Reset your password");
     assert_eq!(
-        title.render_text(&data).unwrap_or_else(|e| panic!("{e}")),
+        title.render_text(&data).unwrap(),
         "[A & B] Reset your password"
     );
     assert_eq!(
-        title.render_html(&data).unwrap_or_else(|e| panic!("{e}")),
+        title.render_html(&data).unwrap(),
         "[A &amp; B] Reset your password"
     );
 }
@@ -410,7 +401,7 @@ fn titles_render_as_text_or_as_cloudreve_escapes_them() {
 const SETTING: &str = r#"[{"body":"\u003cp\u003eHi {{ .User.Nick }} \u0026amp; welcome\u003c/p\u003e\u003ca href=\"{{ .Url }}\"\u003eReset\u003c/a\u003e","language":"en-US","title":"[{{ .CommonContext.SiteBasic.Name }}] Reset your password"},{"title":"[{{ .CommonContext.SiteBasic.Name }}] 重设密码","body":"\u003cp\u003e{{ .User.Nick }}，您好\u003c/p\u003e","language":"zh-CN"}]"#;
 
 fn templates() -> Vec<SiteTemplate> {
-    parse_reset_templates(SETTING).unwrap_or_else(|e| panic!("{e}"))
+    parse_reset_templates(SETTING).unwrap()
 }
 
 #[test]
@@ -427,17 +418,11 @@ fn the_setting_parses_in_go_encoding_with_keys_in_any_order() {
         "e",
     );
     assert_eq!(
-        templates[0]
-            .body
-            .render_html(&data)
-            .unwrap_or_else(|e| panic!("{e}")),
+        templates[0].body.render_html(&data).unwrap(),
         "<p>Hi &lt;n&gt; &amp; welcome</p><a href=\"https://x/r?a=1&amp;b=2\">Reset</a>"
     );
     assert_eq!(
-        templates[1]
-            .title
-            .render_text(&data)
-            .unwrap_or_else(|e| panic!("{e}")),
+        templates[1].title.render_text(&data).unwrap(),
         "[S] 重设密码"
     );
 }
@@ -477,7 +462,7 @@ fn the_language_is_chosen_exactly_then_by_primary_subtag_then_first() {
         {"language":"zh-CN","title":"cn","body":""},
         {"language":"zh-TW","title":"tw","body":""},
         {"language":"pt-BR","title":"br","body":""}]"#;
-    let templates = parse_reset_templates(json).unwrap_or_else(|e| panic!("{e}"));
+    let templates = parse_reset_templates(json).unwrap();
     let chosen = |language| choose(&templates, language).language.as_str();
     assert_eq!(chosen(Some("zh-TW")), "zh-TW");
     assert_eq!(chosen(Some("ZH-tw")), "zh-TW");

@@ -49,13 +49,11 @@ pub(crate) async fn queue_jobs(broker: &TestBroker, addresses: &[String]) -> Vec
     for address in addresses {
         let job = PasswordResetJob {
             job_id: Uuid::new_v4(),
-            email: EmailAddress::parse(address).unwrap_or_else(|error| panic!("{error}")),
+            email: EmailAddress::parse(address).unwrap(),
             correlation_id: Uuid::new_v4(),
             requested_at: OffsetDateTime::now_utc(),
         };
-        let body = Job::PasswordReset(job.clone())
-            .encode()
-            .unwrap_or_else(|error| panic!("{error}"));
+        let body = Job::PasswordReset(job.clone()).encode().unwrap();
         broker
             .publish_raw(&body, Some(&job.job_id.to_string()))
             .await;
@@ -177,8 +175,7 @@ async fn no_credential_reaches_the_logs_even_at_trace_level() {
     sink.require_auth("mailer", &smtp_password);
     // PostgreSQL trusts local connections here, so the password is never asked for; it must not
     // be printed either.
-    let mut database_url =
-        url::Url::parse(&db.config.url).unwrap_or_else(|error| panic!("{error}"));
+    let mut database_url = url::Url::parse(&db.config.url).unwrap();
     let database_password = format!("pg-pw-{}", Uuid::new_v4().simple());
     let _ = database_url.set_password(Some(&database_password));
     let addresses = accounts(&db, 2).await;
@@ -223,9 +220,8 @@ async fn a_configured_http_address_that_is_taken_stops_the_worker_at_start_up() 
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let taken =
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|error| panic!("{error}"));
-    let taken_addr = taken.local_addr().unwrap_or_else(|error| panic!("{error}"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
     let mut env = environment(&db.config, &broker, &sink);
     env.retain(|(name, _)| *name != "RESETMAIL_WORKER_HTTP_ADDR");
     env.push(("RESETMAIL_WORKER_HTTP_ADDR", taken_addr.to_string()));

@@ -82,8 +82,7 @@ async fn publish_dead_letters(broker: &TestBroker) -> Vec<Uuid> {
         for n in chunk {
             let job = PasswordResetJob {
                 job_id: Uuid::new_v4(),
-                email: EmailAddress::parse(&format!("user{n}@example.com"))
-                    .unwrap_or_else(|error| panic!("{error}")),
+                email: EmailAddress::parse(&format!("user{n}@example.com")).unwrap(),
                 correlation_id: Uuid::new_v4(),
                 requested_at: OffsetDateTime::now_utc(),
             };
@@ -93,7 +92,7 @@ async fn publish_dead_letters(broker: &TestBroker) -> Vec<Uuid> {
                 OffsetDateTime::now_utc()
             }
             .format(&Rfc3339)
-            .unwrap_or_else(|error| panic!("{error}"));
+            .unwrap();
             let mut table = FieldTable::default();
             for (key, value) in [
                 (headers::ERROR_CLASS, "permanent"),
@@ -117,16 +116,16 @@ async fn publish_dead_letters(broker: &TestBroker) -> Vec<Uuid> {
                     "".into(),
                     queue.as_str().into(),
                     BasicPublishOptions::default(),
-                    &job.encode().unwrap_or_else(|error| panic!("{error}")),
+                    &job.encode().unwrap(),
                     properties,
                 )
                 .await
-                .unwrap_or_else(|error| panic!("{error}"));
+                .unwrap();
             confirms.push(confirm);
             jobs.push(job.job_id());
         }
         for confirm in confirms {
-            let confirmation = confirm.await.unwrap_or_else(|error| panic!("{error}"));
+            let confirmation = confirm.await.unwrap();
             assert!(confirmation.is_ack(), "the broker refused a dead letter");
         }
     }

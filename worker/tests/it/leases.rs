@@ -29,13 +29,12 @@ async fn a_second_delivery_of_a_job_being_sent_waits_for_it_and_sends_nothing() 
     // The same job again, as a broker redelivers it or a publisher repeats it.
     let body = resetmail_shared::Job::PasswordReset(resetmail_shared::PasswordResetJob {
         job_id: job,
-        email: resetmail_shared::EmailAddress::parse(&addresses[0])
-            .unwrap_or_else(|error| panic!("{error}")),
+        email: resetmail_shared::EmailAddress::parse(&addresses[0]).unwrap(),
         correlation_id: uuid::Uuid::new_v4(),
         requested_at: time::OffsetDateTime::now_utc(),
     })
     .encode()
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
     broker.publish_raw(&body, Some(&job.to_string())).await;
     worker
         .wait_for_line(
@@ -59,7 +58,7 @@ async fn a_second_delivery_of_a_job_being_sent_waits_for_it_and_sends_nothing() 
     );
     let row = deliveries::find(&db.pool, job)
         .await
-        .unwrap_or_else(|error| panic!("{error}"))
+        .unwrap()
         .unwrap_or_else(|| panic!("no delivery row"));
     assert_eq!((row.outcome.as_str(), row.attempts), ("sent", 1));
     worker.stop_cleanly(PATIENCE).await;
@@ -101,7 +100,7 @@ async fn a_job_whose_worker_died_mid_send_is_taken_over_when_its_lease_runs_out(
         .await;
     let row = deliveries::find(&db.pool, job)
         .await
-        .unwrap_or_else(|error| panic!("{error}"))
+        .unwrap()
         .unwrap_or_else(|| panic!("no delivery row"));
     assert_eq!((row.outcome.as_str(), row.attempts), ("sent", 2));
     let live_tokens: i64 = sqlx::query_scalar(
@@ -109,7 +108,7 @@ async fn a_job_whose_worker_died_mid_send_is_taken_over_when_its_lease_runs_out(
     )
     .fetch_one(&db.pool)
     .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    .unwrap();
     assert_eq!(live_tokens, 1, "only the email that left has a token");
     second.stop_cleanly(PATIENCE).await;
     assert_eq!(sink.received().len(), 1);
