@@ -131,58 +131,95 @@ pub async fn serve(
         .context("the HTTP server failed")
 }
 
-/// Runs the api as configured: database (created and migrated), broker publisher, HTTP server.
+/// Runs the api as configured: binds `RESETMAIL_HTTP_ADDR`, builds the api and serves it.
 pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = resetmail_shared::db::connect(&config.database).await?;
-    let captcha = Arc::new(RwLock::new(Arc::new(captcha_for(&config, &pool).await?)));
-    if config.database.accounts == AccountSource::Cloudreve {
-        follow_site_captcha(&config, &pool, captcha.clone(), shutdown.clone()).await?;
-    }
-    tokio::spawn(prune_captcha_tickets(pool.clone(), shutdown.clone()));
-    // The publisher outlives the server's shutdown, so requests in flight can still publish.
-    let publisher_shutdown = CancellationToken::new();
-    let publisher = Publisher::start(
-        &config.broker,
-        config.publish_timeout,
-        publisher_shutdown.clone(),
-    );
     let listener = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    let bound = listener
-        .local_addr()
-        .context("the listener has no address")?;
-    tracing::info!(http.addr = %bound, base_path = %config.base_path, "resetmail-api listening");
-    let limit = config.shutdown_timeout;
-    let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limit));
-    tokio::spawn(forget_idle_clients(rate_limiter.clone(), shutdown.clone()));
-    let metrics = resetmail_shared::metrics::handle();
-    metrics::register(&config.base_path);
-    let accounts =
-        resetmail_shared::db::users::Accounts::load(&pool, config.database.accounts).await?;
-    let state = AppState {
-        config: Arc::new(config),
-        pool,
-        publisher,
-        captcha,
-        rate_limiter,
-        accounts,
-        metrics,
-    };
-    let served = serve(listener, state, shutdown.clone());
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(limit).await;
-    };
-    let result = tokio::select! {
-        result = served => result,
-        () = deadline => {
-            tracing::warn!(limit_ms = limit.as_millis() as u64, "requests still in flight at the shutdown time limit; stopping anyway");
-            Ok(())
+    Api::build(config, &shutdown)
+        .await?
+        .run_with_listener(listener, shutdown)
+        .await
+}
+
+/// The api built from its configuration — database (created and migrated), captcha, broker
+/// publisher, rate limiter, the tasks that tidy them until shutdown — and not serving yet: what
+/// `run` serves, and what tests serve on a listener of their own.
+pub struct Api {
+    state: AppState,
+    /// Stops the publisher once the server has stopped, so requests in flight can still publish.
+    publisher_shutdown: CancellationToken,
+}
+
+impl Api {
+    /// Builds the api; its background tasks stop on `shutdown`.
+    pub async fn build(config: ApiConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let pool = resetmail_shared::db::connect(&config.database).await?;
+        let captcha = Arc::new(RwLock::new(Arc::new(captcha_for(&config, &pool).await?)));
+        if config.database.accounts == AccountSource::Cloudreve {
+            follow_site_captcha(&config, &pool, captcha.clone(), shutdown.clone()).await?;
         }
-    };
-    publisher_shutdown.cancel();
-    result
+        tokio::spawn(prune_captcha_tickets(pool.clone(), shutdown.clone()));
+        let publisher_shutdown = CancellationToken::new();
+        let publisher = Publisher::start(
+            &config.broker,
+            config.publish_timeout,
+            publisher_shutdown.clone(),
+        );
+        let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limit));
+        tokio::spawn(forget_idle_clients(rate_limiter.clone(), shutdown.clone()));
+        let metrics = resetmail_shared::metrics::handle();
+        metrics::register(&config.base_path);
+        let accounts =
+            resetmail_shared::db::users::Accounts::load(&pool, config.database.accounts).await?;
+        let state = AppState {
+            config: Arc::new(config),
+            pool,
+            publisher,
+            captcha,
+            rate_limiter,
+            accounts,
+            metrics,
+        };
+        Ok(Self {
+            state,
+            publisher_shutdown,
+        })
+    }
+
+    /// Its broker publisher (tests wait for it to connect).
+    pub fn publisher(&self) -> Publisher {
+        self.state.publisher.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` fires, then lets the requests in flight finish, at
+    /// most `RESETMAIL_SHUTDOWN_TIMEOUT`, and stops the publisher.
+    pub async fn run_with_listener(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let bound = listener
+            .local_addr()
+            .context("the listener has no address")?;
+        let config = self.state.config.clone();
+        tracing::info!(http.addr = %bound, base_path = %config.base_path, "resetmail-api listening");
+        let limit = config.shutdown_timeout;
+        let served = serve(listener, self.state, shutdown.clone());
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(limit).await;
+        };
+        let result = tokio::select! {
+            result = served => result,
+            () = deadline => {
+                tracing::warn!(limit_ms = limit.as_millis() as u64, "requests still in flight at the shutdown time limit; stopping anyway");
+                Ok(())
+            }
+        };
+        self.publisher_shutdown.cancel();
+        result
+    }
 }
 
 /// The captcha in force: resetmail's settings, and in Cloudreve mode the site's for what they leave

@@ -73,13 +73,15 @@ struct Inner {
     channel: RwLock<Option<Channel>>,
     /// Wakes the supervisor to check the connection after a failed publish.
     suspect: Notify,
-    /// Publishes in a row that got no confirm in time; reset by any confirmed publish.
+    /// Publishes in a row that got no confirm (in time, or at all); reset by any confirmed publish.
     unconfirmed: AtomicU32,
 }
 
-/// Publishes in a row without a confirm after which the connection counts as lost although it is
-/// open: its node takes messages and confirms none (a queue without a leader, a node cut off from
-/// its cluster), and the next node may do better.
+/// Publishes in a row without a confirm (none in time, or a refusal) after which the connection
+/// counts as lost although it is open: its node takes messages and confirms none (hung, cut off from
+/// its cluster), or its channel refuses them all — seen with RabbitMQ 3.10 when the channel was
+/// opened while the quorum work queue was electing a leader: every publish on it was refused for
+/// minutes, while a new channel worked at once.
 const UNCONFIRMED_LIMIT: u32 = 3;
 
 impl Publisher {
@@ -124,7 +126,10 @@ impl Publisher {
             Err(error) => {
                 metrics::counter!("resetmail_api_publish_failures_total", "reason" => error.reason())
                     .increment(1);
-                if let PublishError::Timeout(_) = error {
+                if matches!(
+                    error,
+                    PublishError::Timeout(_) | PublishError::Confirm(amqp::ConfirmError::Nacked)
+                ) {
                     self.inner.unconfirmed.fetch_add(1, Ordering::Relaxed);
                 }
                 if !matches!(error, PublishError::Encode(_)) {
@@ -238,7 +243,7 @@ impl Publisher {
             if unconfirmed >= UNCONFIRMED_LIMIT {
                 tracing::warn!(
                     unconfirmed,
-                    "the broker confirms none of the publishes; leaving its node"
+                    "the broker confirms none of the publishes; reconnecting, to the next node"
                 );
                 return true;
             }

@@ -37,12 +37,10 @@ async fn cloudreve_mode(site: &CloudreveDb) -> (DatabaseConfig, PgPool) {
 /// An api and a worker in Cloudreve mode, the site's address and name left to its settings.
 async fn start(
     database: &DatabaseConfig,
-    pool: &PgPool,
     broker: &TestBroker,
     sink: &SmtpSink,
 ) -> (TestApi, TestWorker) {
-    let api =
-        TestApi::start_configured(api_config(database, &broker.config, &[]), pool.clone()).await;
+    let api = TestApi::start_configured(api_config(database, &broker.config, &[])).await;
     let mut config = worker_config(database, &broker.config, sink, &[]);
     config.site_url = None;
     config.site_name = None;
@@ -92,7 +90,7 @@ async fn a_cloudreve_account_resets_the_password_cloudreves_sign_in_checks() {
     );
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let (api, worker) = start(&database, &pool, &broker, &sink).await;
+    let (api, worker) = start(&database, &broker, &sink).await;
 
     // Asked in another case than stored: Cloudreve's sign-in matches without regard to case.
     let asked = api.post_reset(r#"{"email":"jane@example.com"}"#).await;
@@ -181,7 +179,7 @@ async fn inactive_banned_deleted_and_unknown_cloudreve_addresses_get_the_same_an
     let (database, pool) = cloudreve_mode(&site).await;
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let (api, worker) = start(&database, &pool, &broker, &sink).await;
+    let (api, worker) = start(&database, &broker, &sink).await;
 
     for (email, expected) in [
         ("inactive@example.com", "inactive"),
@@ -201,9 +199,9 @@ async fn inactive_banned_deleted_and_unknown_cloudreve_addresses_get_the_same_an
 #[tokio::test]
 async fn a_link_id_that_is_not_the_sites_is_refused_as_cloudreve_refuses_it() {
     let site = CloudreveDb::new().await;
-    let (database, pool) = cloudreve_mode(&site).await;
+    let (database, _) = cloudreve_mode(&site).await;
     let broker = TestBroker::new().await;
-    let api = TestApi::start_configured(api_config(&database, &broker.config, &[]), pool).await;
+    let api = TestApi::start_configured(api_config(&database, &broker.config, &[])).await;
     let another_sites = HashIds::new("another salt").unwrap();
     for id in [
         // The built-in mode's kind of id.
@@ -302,9 +300,9 @@ async fn the_email_leaves_through_the_sites_smtp_server_from_its_sender() {
         .await;
     site.add_user(&CloudreveUser::active("jane@example.com"))
         .await;
-    let (database, pool) = cloudreve_mode(&site).await;
+    let (database, _) = cloudreve_mode(&site).await;
     let broker = TestBroker::new().await;
-    let api = TestApi::start_configured(api_config(&database, &broker.config, &[]), pool).await;
+    let api = TestApi::start_configured(api_config(&database, &broker.config, &[])).await;
     let worker = TestWorker::start(worker_from_the_site(&database, &broker, &sink));
 
     let asked = api.post_reset(r#"{"email":"jane@example.com"}"#).await;
@@ -335,9 +333,9 @@ async fn a_change_in_the_sites_settings_is_used_by_the_next_email_without_a_rest
     let second = SmtpSink::start().await;
     site_mail_through(&site, &first).await;
     site.set_setting("siteName", "Example Cloud").await;
-    let (database, pool) = cloudreve_mode(&site).await;
+    let (database, _) = cloudreve_mode(&site).await;
     let broker = TestBroker::new().await;
-    let api = TestApi::start_configured(api_config(&database, &broker.config, &[]), pool).await;
+    let api = TestApi::start_configured(api_config(&database, &broker.config, &[])).await;
     let worker = TestWorker::start(worker_from_the_site(&database, &broker, &first));
     site.add_user(&CloudreveUser::active("jane@example.com"))
         .await;
@@ -405,10 +403,10 @@ async fn the_sites_email_is_chosen_by_language_then_by_its_prefix_then_the_first
         })
         .await;
     }
-    let (database, pool) = cloudreve_mode(&site).await;
+    let (database, _) = cloudreve_mode(&site).await;
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let (api, worker) = start(&database, &pool, &broker, &sink).await;
+    let (api, worker) = start(&database, &broker, &sink).await;
     for (email, subject) in [
         ("cn@example.com", "[Example Cloud] 重设密码"),
         ("tw@example.com", "[Example Cloud] 重设密码"),
@@ -464,13 +462,14 @@ async fn the_sites_turnstile_guards_the_reset_with_the_sites_secret() {
     site.set_setting("captcha_type", "turnstile").await;
     site.set_setting("captcha_turnstile_site_secret", "site-ts-secret")
         .await;
-    let (database, pool) = cloudreve_mode(&site).await;
+    let (database, _) = cloudreve_mode(&site).await;
     let broker = TestBroker::new().await;
     let url = verifier.url("/turnstile/v0/siteverify");
-    let api = TestApi::start_configured(
-        api_config(&database, &broker.config, &["--turnstile-verify-url", &url]),
-        pool,
-    )
+    let api = TestApi::start_configured(api_config(
+        &database,
+        &broker.config,
+        &["--turnstile-verify-url", &url],
+    ))
     .await;
 
     let refused = api
@@ -496,20 +495,20 @@ async fn the_sites_graphic_captcha_is_not_taken_over_and_an_explicit_setting_win
     let site = CloudreveDb::new().await;
     site.set_setting("forget_captcha", "1").await;
     site.set_setting("captcha_type", "normal").await;
-    let (database, pool) = cloudreve_mode(&site).await;
+    let (database, _) = cloudreve_mode(&site).await;
     let broker = TestBroker::new().await;
     // Cloudreve's graphic tickets live in its own process: resetmail cannot check them.
-    let api =
-        TestApi::start_configured(api_config(&database, &broker.config, &[]), pool.clone()).await;
+    let api = TestApi::start_configured(api_config(&database, &broker.config, &[])).await;
     let asked = api
         .post_reset(r#"{"email":"jane@example.com","ticket":"t","captcha":"ABCD"}"#)
         .await;
     assert_eq!(asked.text, OK);
     // RESETMAIL_CAPTCHA set: resetmail's own graphic captcha, whatever the site says.
-    let own = TestApi::start_configured(
-        api_config(&database, &broker.config, &["--captcha", "normal"]),
-        pool,
-    )
+    let own = TestApi::start_configured(api_config(
+        &database,
+        &broker.config,
+        &["--captcha", "normal"],
+    ))
     .await;
     let refused = own
         .post_reset(r#"{"email":"jane@example.com","ticket":"t","captcha":"ABCD"}"#)

@@ -1,26 +1,19 @@
 //! The processes under test, started from their libraries: an api served on a real TCP port and a
 //! worker consuming, both on the test's own database and queue prefix, mail going to an SMTP sink.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use clap::Parser as _;
-use resetmail_api::{
-    AppState, captcha::graphic::CaptchaSecret, config::ApiConfig, publisher::Publisher,
-    rate_limit::RateLimiter,
-};
+use resetmail_api::{captcha::graphic::CaptchaSecret, config::ApiConfig, publisher::Publisher};
 use resetmail_shared::{
     EmailAddress, Job, PasswordResetJob,
     config::{BrokerConfig, DatabaseConfig},
-    db::{
-        deliveries::{self, Delivery},
-        users::Accounts,
-    },
+    db::deliveries::{self, Delivery},
 };
 use resetmail_testkit::{
     PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
 };
 use resetmail_worker::config::WorkerConfig;
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -105,19 +98,31 @@ pub fn captcha_secret(secret: &str) -> CaptchaSecret {
 
 /// A running worker; stopped gracefully when dropped or by [`TestWorker::stop`].
 pub struct TestWorker {
+    /// Where its `/healthz`, `/readyz` and `/metrics` answer (`host:port`).
+    pub addr: String,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestWorker {
-    /// Starts a worker with `config`.
+    /// Starts a worker with `config` as `resetmail-worker` runs it, serving its HTTP port on a
+    /// listener of the test's own ([`TestWorker::addr`]).
     pub fn start(config: WorkerConfig) -> TestWorker {
         resetmail_testkit::init_logs();
         // Tests that talk HTTP to the worker use the same TLS provider as everything else.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(resetmail_worker::run(config, shutdown.clone()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let task = tokio::spawn(resetmail_worker::run_with_listener(
+            config,
+            Some(listener),
+            shutdown.clone(),
+        ));
         TestWorker {
+            addr,
             shutdown,
             task: Some(task),
         }
@@ -158,12 +163,12 @@ impl TestApi {
 
     /// Serves the api configured with `extra` flags, and waits until its publisher is connected.
     pub async fn start_with(db: &TestDb, broker: &BrokerConfig, extra: &[&str]) -> TestApi {
-        Self::start_configured(api_config(&db.config, broker, extra), db.pool.clone()).await
+        Self::start_configured(api_config(&db.config, broker, extra)).await
     }
 
-    /// Serves the api configured with `config` on `pool`, and waits until its publisher is connected.
-    pub async fn start_configured(config: ApiConfig, pool: PgPool) -> TestApi {
-        let api = Self::serve(config, pool).await;
+    /// Serves the api configured with `config`, and waits until its publisher is connected.
+    pub async fn start_configured(config: ApiConfig) -> TestApi {
+        let api = Self::serve(config).await;
         eventually("the api's broker connection", PATIENCE, || async {
             api.publisher.is_connected().then_some(())
         })
@@ -171,32 +176,18 @@ impl TestApi {
         api
     }
 
-    async fn serve(config: ApiConfig, pool: PgPool) -> TestApi {
+    /// The api as `resetmail-api` builds and serves it, on a listener of the test's own.
+    async fn serve(config: ApiConfig) -> TestApi {
         resetmail_testkit::init_logs();
         // The test's HTTP client uses the same TLS provider as the api's captcha client.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let captcha = Arc::new(std::sync::RwLock::new(Arc::new(
-            resetmail_api::captcha_for(&config, &pool)
-                .await
-                .unwrap_or_else(|error| panic!("{error:#}")),
-        )));
         let shutdown = CancellationToken::new();
-        let publisher = Publisher::start(&config.broker, config.publish_timeout, shutdown.clone());
-        let (listener, base) = local_listener().await;
-        let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limit));
-        let accounts = Accounts::load(&pool, config.database.accounts)
+        let api = resetmail_api::Api::build(config, &shutdown)
             .await
             .unwrap_or_else(|error| panic!("{error:#}"));
-        let state = AppState {
-            config: Arc::new(config),
-            pool,
-            publisher: publisher.clone(),
-            captcha,
-            rate_limiter,
-            accounts,
-            metrics: resetmail_shared::metrics::handle(),
-        };
-        tokio::spawn(resetmail_api::serve(listener, state, shutdown.clone()));
+        let publisher = api.publisher();
+        let (listener, base) = local_listener().await;
+        tokio::spawn(api.run_with_listener(listener, shutdown.clone()));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()

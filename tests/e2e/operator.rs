@@ -337,6 +337,18 @@ async fn template_preview_renders_the_chosen_language_and_refuses_a_broken_overr
     );
 }
 
+/// The worker's prune with the shipped retention of 30 days: delivery rows and tokens deleted.
+async fn prune_thirty_days(db: &TestDb) -> (u64, u64) {
+    resetmail_worker::prune_once(&db.pool, std::time::Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap()
+}
+
+/// The number `query` counts in the test's database.
+async fn count(db: &TestDb, query: &'static str) -> i64 {
+    sqlx::query_scalar(query).fetch_one(&db.pool).await.unwrap()
+}
+
 #[tokio::test]
 async fn retention_deletes_old_rows_and_dead_tokens_only() {
     let db = TestDb::new().await;
@@ -359,17 +371,13 @@ async fn retention_deletes_old_rows_and_dead_tokens_only() {
     .await
     .unwrap();
 
-    let pruned =
-        resetmail_worker::prune_once(&db.pool, std::time::Duration::from_secs(30 * 86_400))
-            .await
-            .unwrap();
+    let pruned = prune_thirty_days(&db).await;
     assert_eq!(pruned, (1, 2));
-    let left: i64 = sqlx::query_scalar(
+    let left = count(
+        &db,
         "SELECT count(*) FROM password_reset_tokens WHERE token_hash = sha256('live')",
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(left, 1);
 }
 
@@ -397,16 +405,9 @@ async fn a_backlog_of_old_rows_larger_than_a_batch_is_pruned_through_indexes() {
     .await
     .unwrap();
 
-    let pruned =
-        resetmail_worker::prune_once(&db.pool, std::time::Duration::from_secs(30 * 86_400))
-            .await
-            .unwrap();
+    let pruned = prune_thirty_days(&db).await;
     assert_eq!(pruned, (12_345, 11_000));
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(left, 10);
+    assert_eq!(count(&db, "SELECT count(*) FROM deliveries").await, 10);
 
     // Each delete finds its rows through an index, not by reading the whole table.
     let mut connection = db.pool.acquire().await.unwrap();

@@ -10,6 +10,7 @@ use resetmail_testkit::{
     broker::{self, TestBroker, close_connections_named},
     db::TestDb,
     eventually,
+    process::http_get,
     proxy::TcpProxy,
     smtp_sink::SmtpSink,
 };
@@ -87,6 +88,38 @@ async fn a_worker_given_several_nodes_consumes_through_another_when_its_node_die
     publish(&broker, &job_for("second@example.com")).await;
     sink.wait_for(2, PATIENCE).await;
     assert_eq!(per_recipient(&sink).len(), 2);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_workers_readiness_follows_its_broker_connection() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let proxy = TcpProxy::start(broker::server_addr()).await;
+    let worker = TestWorker::start(worker_config(
+        &db.config,
+        &broker.config_via(proxy.port()),
+        &sink,
+        &[],
+    ));
+    let readiness = |want: u16| {
+        let addr = worker.addr.clone();
+        async move {
+            eventually(&format!("/readyz to answer {want}"), PATIENCE, || async {
+                let (status, body) = http_get(&addr, "/readyz", PATIENCE).await;
+                (status == want).then_some(body)
+            })
+            .await
+        }
+    };
+    readiness(200).await;
+
+    proxy.cut();
+    let down = readiness(503).await;
+    assert!(down.contains("\"consuming\":false"), "{down}");
+    proxy.restore();
+    readiness(200).await;
     worker.stop().await;
 }
 

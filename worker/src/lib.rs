@@ -110,8 +110,20 @@ fn job_lanes(pool_size: u32) -> usize {
     pool_size.saturating_sub(OTHER_CONNECTIONS).max(1) as usize
 }
 
-/// Runs the worker as configured until `shutdown` fires.
+/// Runs the worker as configured until `shutdown` fires: binds `RESETMAIL_WORKER_HTTP_ADDR` (unless
+/// `off`) first, so that a taken address stops it before anything else starts.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = bind_http(config.http_addr).await?;
+    run_with_listener(config, listener, shutdown).await
+}
+
+/// Runs the worker until `shutdown` fires, serving `/healthz`, `/readyz` and `/metrics` on
+/// `listener` when there is one: what `run` does, and what tests run on a listener of their own.
+pub async fn run_with_listener(
+    config: WorkerConfig,
+    listener: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Installed before the lanes connect and the first job, so that no count is lost, with or
     // without the HTTP port.
     let metrics = resetmail_shared::metrics::handle();
@@ -156,7 +168,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         worker.config.retention,
         shutdown.clone(),
     ));
-    if let Some(listener) = bind_http(worker.config.http_addr).await? {
+    if let Some(listener) = listener {
+        let bound = listener.local_addr()?;
+        tracing::info!(http.addr = %bound, "serving /healthz, /readyz and /metrics");
         let probe = health::Probe {
             health: worker.health.clone(),
             pool: worker.pool.clone(),
@@ -194,7 +208,7 @@ pub async fn prune_once(pool: &PgPool, retention: std::time::Duration) -> sqlx::
 
 /// Binds the worker's HTTP port. A taken address is an error, so that a health check probing the
 /// configured port never checks another process; `:0` takes any free port (several workers on one
-/// host), logged.
+/// host; the address taken is logged once serving).
 async fn bind_http(address: HttpAddr) -> anyhow::Result<Option<tokio::net::TcpListener>> {
     let HttpAddr(Some(wanted)) = address else {
         return Ok(None);
@@ -204,8 +218,6 @@ async fn bind_http(address: HttpAddr) -> anyhow::Result<Option<tokio::net::TcpLi
         .with_context(|| {
             format!("cannot serve /healthz on {wanted} (RESETMAIL_WORKER_HTTP_ADDR; `:0` takes any free port, `off` none)")
         })?;
-    let bound = listener.local_addr()?;
-    tracing::info!(http.addr = %bound, "serving /healthz, /readyz and /metrics");
     Ok(Some(listener))
 }
 
