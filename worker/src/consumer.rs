@@ -2,7 +2,13 @@
 //! with backoff; a pause, with growing backoff, when a failure would hit every job alike; and a
 //! graceful shutdown that lets jobs in flight finish and settle, within a time limit.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::{
@@ -23,14 +29,21 @@ use tracing::Instrument as _;
 use crate::{
     Worker,
     outcome::{DeadClass, Failure, JobOutcome},
-    settle::{Attempt, requeue, settle},
+    settle::{Attempt, CopyFate, requeue, settle},
 };
 
 /// How a consuming session on one connection ended.
 enum SessionEnd {
     Shutdown,
     Lost,
+    /// The connection works but its copies are refused: closed, and another opened.
+    Reopen,
 }
+
+/// Copies (retries, dead letters) refused in a row after which the session's connection is replaced,
+/// as the api replaces its own: RabbitMQ 3.10 was seen to refuse every publish, for minutes, on a
+/// channel opened while a quorum queue elected its leader, while a new channel worked at once.
+const REFUSED_LIMIT: u32 = 3;
 
 /// What the tasks of one connection share.
 struct Session {
@@ -39,6 +52,10 @@ struct Session {
     publisher: Channel,
     /// Raised by a task whose job met a failure that every job would meet.
     pause: Arc<Notify>,
+    /// Copies refused in a row on `publisher`; reset by a confirmed one.
+    refused: AtomicU32,
+    /// Raised when `refused` reaches [`REFUSED_LIMIT`].
+    reopen: Notify,
     /// Fires when the worker is asked to stop.
     stopping: CancellationToken,
 }
@@ -59,6 +76,8 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
                     topology: topology.clone(),
                     publisher,
                     pause: Arc::new(Notify::new()),
+                    refused: AtomicU32::new(0),
+                    reopen: Notify::new(),
                     stopping: shutdown.clone(),
                 });
                 let end = run_session(&session, &channel, &tracker, &shutdown).await;
@@ -69,10 +88,19 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
                     tracing::info!("worker stopped");
                     return;
                 }
-                tracing::warn!(
-                    node = node.label(),
-                    "lost the broker connection; reconnecting (unacked jobs will be redelivered)"
-                );
+                if let SessionEnd::Reopen = end {
+                    let close = connection.close(200, "copies refused; reconnecting".into());
+                    let _ = tokio::time::timeout(amqp::CONNECT_TIMEOUT, close).await;
+                    tracing::warn!(
+                        node = node.label(),
+                        "the broker refuses the retry copies and dead letters; reconnecting, to the next node"
+                    );
+                } else {
+                    tracing::warn!(
+                        node = node.label(),
+                        "lost the broker connection; reconnecting (unacked jobs will be redelivered)"
+                    );
+                }
             }
             Err(error) => tracing::warn!(error = %format!("{error:#}"), "cannot start consuming"),
         }
@@ -155,6 +183,11 @@ async fn run_session(
         }
         match stop {
             Stop::Lost => return SessionEnd::Lost,
+            Stop::Reopen => {
+                drain(tracker, config.shutdown_timeout).await;
+                tracker.reopen();
+                return SessionEnd::Reopen;
+            }
             Stop::Shutdown => {
                 drain(tracker, config.shutdown_timeout).await;
                 return SessionEnd::Shutdown;
@@ -187,6 +220,7 @@ enum Stop {
     Shutdown,
     Lost,
     Pause,
+    Reopen,
 }
 
 /// Hands each delivery to its own task until something asks to stop.
@@ -200,6 +234,7 @@ async fn take_deliveries(
         tokio::select! {
             () = shutdown.cancelled() => return Stop::Shutdown,
             () = session.pause.notified() => return Stop::Pause,
+            () = session.reopen.notified() => return Stop::Reopen,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     tracker.spawn(process(session.clone(), delivery));
@@ -279,7 +314,7 @@ async fn process(session: Arc<Session>, delivery: Delivery) {
             // Give the pause a moment to stop the consumer before this job is offered again.
             tokio::time::sleep(requeue_delay).await;
         }
-        settle(
+        let copy = settle(
             &session.topology,
             &session.publisher,
             &delivery,
@@ -288,6 +323,15 @@ async fn process(session: Arc<Session>, delivery: Delivery) {
             requeue_delay,
         )
         .await;
+        match copy {
+            CopyFate::NoCopy => {}
+            CopyFate::Confirmed => session.refused.store(0, Ordering::Relaxed),
+            CopyFate::Refused => {
+                if session.refused.fetch_add(1, Ordering::Relaxed) + 1 >= REFUSED_LIMIT {
+                    session.reopen.notify_one();
+                }
+            }
+        }
     }
     .instrument(span)
     .await;

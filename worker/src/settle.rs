@@ -13,6 +13,8 @@ use resetmail_shared::{
     amqp,
     topology::{Topology, headers},
 };
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::outcome::{DeadClass, Failure, JobOutcome};
@@ -45,7 +47,29 @@ impl Attempt {
     }
 }
 
-/// Carries out `outcome` for `delivery`, publishing copies on the confirm-mode `publisher` channel.
+/// What became of the copy a settlement published (a retry copy or a dead letter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyFate {
+    /// The settlement published no copy.
+    NoCopy = 0,
+    /// The broker confirmed it.
+    Confirmed = 1,
+    /// The broker refused it, or the channel failed under it.
+    Refused = 2,
+}
+
+impl CopyFate {
+    fn of(published: &Result<(), amqp::ConfirmError>) -> Self {
+        if published.is_ok() {
+            Self::Confirmed
+        } else {
+            Self::Refused
+        }
+    }
+}
+
+/// Carries out `outcome` for `delivery`, publishing copies on the confirm-mode `publisher` channel;
+/// says whether the broker took the copy it published.
 pub async fn settle(
     topology: &Topology,
     publisher: &Channel,
@@ -53,8 +77,10 @@ pub async fn settle(
     attempt: &Attempt,
     outcome: &JobOutcome,
     requeue_delay: std::time::Duration,
-) {
+) -> CopyFate {
     record(outcome, attempt);
+    // Set where a copy is published; an atomic, so that the future stays `Send`.
+    let fate = AtomicU8::new(CopyFate::NoCopy as u8);
     let settling = async {
         match outcome {
             JobOutcome::Sent { message_id } => {
@@ -79,7 +105,9 @@ pub async fn settle(
                     Some((queue, delay)) => {
                         tracing::warn!(outcome = "retry", attempt = attempt.number, retry_in_ms = delay.as_millis() as u64, %error, "reset email failed; it will be retried");
                         let copy = with_headers(delivery, attempt, error, None);
-                        match publish(publisher, "", &queue, delivery, copy).await {
+                        let published = publish(publisher, "", &queue, delivery, copy).await;
+                        fate.store(CopyFate::of(&published) as u8, Ordering::Relaxed);
+                        match published {
                             Ok(()) => ack(delivery).await,
                             Err(publish_error) => {
                                 tracing::warn!(error = %publish_error, "cannot queue the retry; the job goes back to the work queue");
@@ -97,13 +125,14 @@ pub async fn settle(
                             attempt,
                             DeadClass::Exhausted,
                             error,
+                            &fate,
                         )
                         .await
                     }
                 }
             }
             JobOutcome::Dead(class, error) => {
-                dead_letter(topology, publisher, delivery, attempt, *class, error).await
+                dead_letter(topology, publisher, delivery, attempt, *class, error, &fate).await
             }
             JobOutcome::Pause(error) => {
                 tracing::error!(outcome = "paused", %error, "the job cannot be handled now; it goes back to the queue");
@@ -121,7 +150,7 @@ pub async fn settle(
             timeout_ms = SETTLE_TIMEOUT.as_millis() as u64,
             "the broker did not answer; it will redeliver the job"
         );
-        return;
+        return CopyFate::Refused;
     };
     match settled {
         Ok(true) => {}
@@ -132,6 +161,11 @@ pub async fn settle(
             tracing::warn!(%error, "cannot settle the delivery; the broker will redeliver it")
         }
     }
+    match fate.load(Ordering::Relaxed) {
+        1 => CopyFate::Confirmed,
+        2 => CopyFate::Refused,
+        _ => CopyFate::NoCopy,
+    }
 }
 
 async fn dead_letter(
@@ -141,6 +175,7 @@ async fn dead_letter(
     attempt: &Attempt,
     class: DeadClass,
     error: &Failure,
+    fate: &AtomicU8,
 ) -> lapin::Result<bool> {
     tracing::error!(outcome = "dead", error.class = class.as_str(), attempt = attempt.number, %error, "reset job moved to the dead letters");
     let copy = with_headers(
@@ -149,15 +184,16 @@ async fn dead_letter(
         error,
         Some((class, &topology.work_queue())),
     );
-    match publish(
+    let published = publish(
         publisher,
         &topology.dead_letter_exchange(),
         &topology.work_queue(),
         delivery,
         copy,
     )
-    .await
-    {
+    .await;
+    fate.store(CopyFate::of(&published) as u8, Ordering::Relaxed);
+    match published {
         Ok(()) => ack(delivery).await,
         Err(publish_error) => {
             // The work queue dead-letters what it rejects, so the job still reaches the dead letters,

@@ -8,3 +8,4 @@
 mod binary;
 mod dlq_memory;
 mod leases;
+mod refusals;
