@@ -14,10 +14,12 @@ use std::{
     time::Duration,
 };
 
-use resetmail_shared::config::{AccountSource, DatabaseConfig};
+use resetmail_shared::config::{
+    AccountSource, BrokerConfig, DatabaseConfig, QueueType, RetryDelays, format_duration,
+};
 use resetmail_testkit::{
     PATIENCE,
-    broker::TestBroker,
+    broker::{self, TestBroker},
     cluster::TestCluster,
     db::TestDb,
     eventually,
@@ -56,7 +58,13 @@ async fn killing_the_broker_node_that_leads_the_work_queue_loses_no_confirmed_re
     let db = TestDb::new().await;
     add_accounts(&db.pool).await;
     let prefix = format!("test-{}", Uuid::new_v4().simple());
-    let deployment = Deployment::start(&db.config.url, &cluster.urls(), &prefix, "quorum").await;
+    let broker = BrokerConfig {
+        nodes: broker::nodes(&cluster.urls()),
+        queue_prefix: prefix.clone(),
+        queue_type: QueueType::Quorum,
+        retry_delays: RetryDelays::parse("1s,1s,1s,1s,1s").unwrap(),
+    };
+    let deployment = Deployment::start(&db.config.url, &broker).await;
     let stream = Stream::start(deployment.api_addr.clone());
 
     deployment
@@ -118,13 +126,9 @@ async fn restarting_postgresql_mid_stream_loses_no_confirmed_request_and_sends_n
     add_accounts(&pool).await;
     pool.close().await;
     let broker = TestBroker::new().await;
-    let deployment = Deployment::start(
-        &config.url,
-        &broker.config.nodes.to_env(),
-        &broker.config.queue_prefix,
-        "classic",
-    )
-    .await;
+    // The test's broker prefix and its retry delays: its clean-up removes every queue the
+    // binaries declare.
+    let deployment = Deployment::start(&config.url, &broker.config).await;
     let stream = Stream::start(deployment.api_addr.clone());
 
     deployment
@@ -188,14 +192,24 @@ struct Deployment {
 }
 
 impl Deployment {
-    async fn start(database_url: &str, amqp_url: &str, prefix: &str, queue_type: &str) -> Self {
+    async fn start(database_url: &str, broker: &BrokerConfig) -> Self {
         let sink = SmtpSink::start().await;
+        let delays: Vec<String> = broker
+            .retry_delays
+            .0
+            .iter()
+            .map(|d| format_duration(*d))
+            .collect();
+        let queue_type = match broker.queue_type {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        };
         let common = [
             ("DATABASE_URL", database_url.to_owned()),
-            ("AMQP_URL", amqp_url.to_owned()),
-            ("RESETMAIL_QUEUE_PREFIX", prefix.to_owned()),
+            ("AMQP_URL", broker.nodes.to_env()),
+            ("RESETMAIL_QUEUE_PREFIX", broker.queue_prefix.clone()),
             ("RESETMAIL_QUEUE_TYPE", queue_type.to_owned()),
-            ("RESETMAIL_RETRY_DELAYS", "1s,1s,1s,1s,1s".to_owned()),
+            ("RESETMAIL_RETRY_DELAYS", delays.join(",")),
             ("RESETMAIL_LOG_FORMAT", "json".to_owned()),
             ("RESETMAIL_SHUTDOWN_TIMEOUT", "20s".to_owned()),
         ];
