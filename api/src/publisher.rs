@@ -2,10 +2,7 @@
 //! open by a supervisor that reconnects with backoff. A publish succeeds only on the broker's confirm.
 
 use std::{
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -13,7 +10,7 @@ use futures_util::StreamExt as _;
 use lapin::{Channel, Connection, Event, options::ConfirmSelectOptions};
 use resetmail_shared::{
     Job,
-    amqp::{self, Backoff, BrokerNode, NodeRing},
+    amqp::{self, Backoff, BrokerNode, NodeRing, Unconfirmed},
     config::BrokerConfig,
     topology::Topology,
 };
@@ -73,16 +70,9 @@ struct Inner {
     channel: RwLock<Option<Channel>>,
     /// Wakes the supervisor to check the connection after a failed publish.
     suspect: Notify,
-    /// Publishes in a row that got no confirm (in time, or at all); reset by any confirmed publish.
-    unconfirmed: AtomicU32,
+    /// Publishes in a row that got no confirm (in time, or at all).
+    unconfirmed: Unconfirmed,
 }
-
-/// Publishes in a row without a confirm (none in time, or a refusal) after which the connection
-/// counts as lost although it is open: its node takes messages and confirms none (hung, cut off from
-/// its cluster), or its channel refuses them all — seen with RabbitMQ 3.10 when the channel was
-/// opened while the quorum work queue was electing a leader: every publish on it was refused for
-/// minutes, while a new channel worked at once.
-const UNCONFIRMED_LIMIT: u32 = 3;
 
 impl Publisher {
     /// Starts the supervisor that connects (and reconnects) to the broker; it stops on `shutdown`.
@@ -98,7 +88,7 @@ impl Publisher {
                 confirm_timeout,
                 channel: RwLock::new(None),
                 suspect: Notify::new(),
-                unconfirmed: AtomicU32::new(0),
+                unconfirmed: Unconfirmed::default(),
             }),
         };
         tokio::spawn(
@@ -122,7 +112,9 @@ impl Publisher {
         metrics::histogram!("resetmail_api_publish_seconds")
             .record(started.elapsed().as_secs_f64());
         match &result {
-            Ok(()) => self.inner.unconfirmed.store(0, Ordering::Relaxed),
+            Ok(()) => {
+                self.inner.unconfirmed.record(true);
+            }
             Err(error) => {
                 metrics::counter!("resetmail_api_publish_failures_total", "reason" => error.reason())
                     .increment(1);
@@ -130,7 +122,7 @@ impl Publisher {
                     error,
                     PublishError::Timeout(_) | PublishError::Confirm(amqp::ConfirmError::Nacked)
                 ) {
-                    self.inner.unconfirmed.fetch_add(1, Ordering::Relaxed);
+                    self.inner.unconfirmed.record(false);
                 }
                 if !matches!(error, PublishError::Encode(_)) {
                     self.inner.suspect.notify_one();
@@ -208,22 +200,16 @@ impl Publisher {
         nodes: &mut NodeRing,
     ) -> anyhow::Result<(Connection, Channel, BrokerNode)> {
         let name = self.inner.topology.connection_name("resetmail-api");
-        let (connection, node) = nodes.connect(&name).await?;
-        let ready = async {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            self.inner.topology.declare(&channel).await?;
-            anyhow::Ok(channel)
-        };
-        match ready.await {
-            Ok(channel) => Ok((connection, channel, node)),
-            Err(error) => {
-                nodes.lost(&node);
-                Err(error.context(format!("on broker node {}", node.label())))
-            }
-        }
+        nodes
+            .open(&name, async |connection| {
+                let channel = connection.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                self.inner.topology.declare(&channel).await?;
+                Ok(channel)
+            })
+            .await
     }
 
     /// Waits until the connection or channel is lost (true) or shutdown is asked (false).
@@ -234,15 +220,13 @@ impl Publisher {
         shutdown: &CancellationToken,
     ) -> bool {
         let mut events = connection.events_listener();
-        self.inner.unconfirmed.store(0, Ordering::Relaxed);
+        self.inner.unconfirmed.reset();
         loop {
             if !connection.status().connected() || !channel.status().connected() {
                 return true;
             }
-            let unconfirmed = self.inner.unconfirmed.load(Ordering::Relaxed);
-            if unconfirmed >= UNCONFIRMED_LIMIT {
+            if self.inner.unconfirmed.reached() {
                 tracing::warn!(
-                    unconfirmed,
                     "the broker confirms none of the publishes; reconnecting, to the next node"
                 );
                 return true;

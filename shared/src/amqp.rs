@@ -180,9 +180,62 @@ impl NodeRing {
         Err(ConnectError::NoNode(failures.join("; ")))
     }
 
+    /// Connects as [`NodeRing::connect`] does, then sets the connection up with `setup` (its
+    /// channels, the topology); a node whose setup fails counts as lost, and the next attempt
+    /// starts after it.
+    pub async fn open<T>(
+        &mut self,
+        name: &str,
+        setup: impl AsyncFnOnce(&Connection) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(Connection, T, BrokerNode)> {
+        let (connection, node) = self.connect(name).await?;
+        match setup(&connection).await {
+            Ok(ready) => Ok((connection, ready, node)),
+            Err(error) => {
+                self.lost(&node);
+                Err(error.context(format!("on broker node {}", node.label())))
+            }
+        }
+    }
+
     /// Records that the connection to `node` is gone (the gauge back to 0).
     pub fn lost(&self, node: &BrokerNode) {
         metrics::gauge!("resetmail_broker_connected", "node" => node.label.clone()).set(0.0);
+    }
+}
+
+/// Publishes in a row that the broker did not confirm — no confirm in time, or a refusal — after
+/// which a connection counts as lost although it is open, and the process reconnects, to the next
+/// node: its node may take messages and confirm none (hung, cut off from its cluster), or its
+/// channel may refuse them all — seen with RabbitMQ 3.10, for minutes, on a channel opened while a
+/// quorum queue elected its leader, while a new channel worked at once (docs/SCALING.md).
+pub const UNCONFIRMED_LIMIT: u32 = 3;
+
+/// Publishes in a row that the broker did not confirm, counted up to [`UNCONFIRMED_LIMIT`]; a
+/// confirmed publish starts the count over. Shared by the tasks that publish on one connection.
+#[derive(Debug, Default)]
+pub struct Unconfirmed(std::sync::atomic::AtomicU32);
+
+impl Unconfirmed {
+    /// Records one publish: `confirmed` or not. True when this makes the limit.
+    pub fn record(&self, confirmed: bool) -> bool {
+        use std::sync::atomic::Ordering;
+        if confirmed {
+            self.0.store(0, Ordering::Relaxed);
+            false
+        } else {
+            self.0.fetch_add(1, Ordering::Relaxed) + 1 >= UNCONFIRMED_LIMIT
+        }
+    }
+
+    /// Whether the limit has been reached since the count last started over.
+    pub fn reached(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) >= UNCONFIRMED_LIMIT
+    }
+
+    /// Starts the count over (a new connection).
+    pub fn reset(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -316,6 +369,21 @@ mod tests {
         assert!(error.starts_with("URL 2: "), "{error}");
         assert!(!error.contains("s3cret"), "{error}");
         assert!(BrokerNodes::parse(" , ").is_err());
+    }
+
+    #[test]
+    fn three_unconfirmed_publishes_in_a_row_reach_the_limit_and_a_confirm_starts_over() {
+        let count = Unconfirmed::default();
+        assert!(!count.record(false));
+        assert!(!count.record(false));
+        assert!(!count.record(true));
+        assert!(!count.record(false));
+        assert!(!count.record(false));
+        assert!(!count.reached());
+        assert!(count.record(false));
+        assert!(count.reached());
+        count.reset();
+        assert!(!count.reached());
     }
 
     #[test]

@@ -2,13 +2,7 @@
 //! with backoff; a pause, with growing backoff, when a failure would hit every job alike; and a
 //! graceful shutdown that lets jobs in flight finish and settle, within a time limit.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::{
@@ -19,7 +13,7 @@ use lapin::{
 };
 use resetmail_shared::{
     Job,
-    amqp::{self, Backoff, BrokerNode, NodeRing},
+    amqp::{self, Backoff, BrokerNode, NodeRing, Unconfirmed},
     topology::Topology,
 };
 use tokio::sync::Notify;
@@ -40,11 +34,6 @@ enum SessionEnd {
     Reopen,
 }
 
-/// Copies (retries, dead letters) refused in a row after which the session's connection is replaced,
-/// as the api replaces its own: RabbitMQ 3.10 was seen to refuse every publish, for minutes, on a
-/// channel opened while a quorum queue elected its leader, while a new channel worked at once.
-const REFUSED_LIMIT: u32 = 3;
-
 /// What the tasks of one connection share.
 struct Session {
     worker: Arc<Worker>,
@@ -52,9 +41,9 @@ struct Session {
     publisher: Channel,
     /// Raised by a task whose job met a failure that every job would meet.
     pause: Arc<Notify>,
-    /// Copies refused in a row on `publisher`; reset by a confirmed one.
-    refused: AtomicU32,
-    /// Raised when `refused` reaches [`REFUSED_LIMIT`].
+    /// Copies refused in a row on `publisher` (the api's rule for its publishes, the same limit).
+    refused: Unconfirmed,
+    /// Raised when `refused` reaches its limit.
     reopen: Notify,
     /// Fires when the worker is asked to stop.
     stopping: CancellationToken,
@@ -68,7 +57,7 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
     let mut nodes = NodeRing::shuffled(&worker.config.broker.nodes);
     while !shutdown.is_cancelled() {
         match open(&worker, &topology, &mut nodes).await {
-            Ok((connection, channel, publisher, node)) => {
+            Ok((connection, (channel, publisher), node)) => {
                 tracing::info!(node = node.label(), "connected to the broker");
                 backoff.reset();
                 let session = Arc::new(Session {
@@ -76,7 +65,7 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
                     topology: topology.clone(),
                     publisher,
                     pause: Arc::new(Notify::new()),
-                    refused: AtomicU32::new(0),
+                    refused: Unconfirmed::default(),
                     reopen: Notify::new(),
                     stopping: shutdown.clone(),
                 });
@@ -118,29 +107,22 @@ async fn open(
     worker: &Worker,
     topology: &Topology,
     nodes: &mut NodeRing,
-) -> anyhow::Result<(Connection, Channel, Channel, BrokerNode)> {
-    let (connection, node) = nodes
-        .connect(&topology.connection_name("resetmail-worker"))
-        .await?;
-    let channels = async {
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
-        channel
-            .basic_qos(worker.config.concurrency, BasicQosOptions::default())
-            .await?;
-        let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        anyhow::Ok((channel, publisher))
-    };
-    match channels.await {
-        Ok((channel, publisher)) => Ok((connection, channel, publisher, node)),
-        Err(error) => {
-            nodes.lost(&node);
-            Err(error.context(format!("on broker node {}", node.label())))
-        }
-    }
+) -> anyhow::Result<(Connection, (Channel, Channel), BrokerNode)> {
+    let name = topology.connection_name("resetmail-worker");
+    nodes
+        .open(&name, async |connection| {
+            let channel = connection.create_channel().await?;
+            topology.declare(&channel).await?;
+            channel
+                .basic_qos(worker.config.concurrency, BasicQosOptions::default())
+                .await?;
+            let publisher = connection.create_channel().await?;
+            publisher
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok((channel, publisher))
+        })
+        .await
 }
 
 /// Consumes on `channel`, pausing when told to, until shutdown or the connection is lost.
@@ -323,14 +305,13 @@ async fn process(session: Arc<Session>, delivery: Delivery) {
             requeue_delay,
         )
         .await;
-        match copy {
-            CopyFate::NoCopy => {}
-            CopyFate::Confirmed => session.refused.store(0, Ordering::Relaxed),
-            CopyFate::Refused => {
-                if session.refused.fetch_add(1, Ordering::Relaxed) + 1 >= REFUSED_LIMIT {
-                    session.reopen.notify_one();
-                }
-            }
+        let reached = match copy {
+            CopyFate::NoCopy => false,
+            CopyFate::Confirmed => session.refused.record(true),
+            CopyFate::Refused => session.refused.record(false),
+        };
+        if reached {
+            session.reopen.notify_one();
         }
     }
     .instrument(span)
