@@ -31,6 +31,10 @@ COPY tests ./tests
 COPY bench ./bench
 COPY migrations ./migrations
 
+# The checked SQL compiles from the query data in shared/.sqlx (copied with shared/), never from a
+# database: the build needs none.
+ENV SQLX_OFFLINE=true
+
 # The registry and the target dir are cache mounts (kept between builds, never in a layer), so
 # the binaries are copied out of target/ in the same RUN. (shared/build.rs makes cargo notice an
 # added migration, so the cached target/ never ships an old set.)

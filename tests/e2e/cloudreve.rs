@@ -4,6 +4,7 @@
 
 use resetmail_shared::{
     config::{AccountSource, DatabaseConfig},
+    db::deliveries::Outcome,
     hashid::{HashIds, ObjectKind},
 };
 use resetmail_testkit::{
@@ -48,12 +49,12 @@ async fn start(
 }
 
 /// The outcome the worker recorded for `email`, once it is final.
-async fn outcome(pool: &PgPool, email: &str) -> String {
+async fn outcome(pool: &PgPool, email: &str) -> Outcome {
     eventually(
         &format!("a final outcome for {email}"),
         PATIENCE,
         || async {
-            sqlx::query_scalar::<_, String>(
+            sqlx::query_scalar::<_, Outcome>(
                 "SELECT outcome FROM deliveries WHERE email = $1 AND outcome <> 'pending'",
             )
             .bind(email)
@@ -122,7 +123,7 @@ async fn a_cloudreve_account_resets_the_password_cloudreves_sign_in_checks() {
     );
 
     // The email leaves a moment before its token is stored; wait for the record.
-    assert_eq!(outcome(&pool, "jane@example.com").await, "sent");
+    assert_eq!(outcome(&pool, "jane@example.com").await, Outcome::Sent);
     let redeemed = api
         .redeem(&id, json!({"password": "new-password-1", "secret": secret}))
         .await;
@@ -182,11 +183,11 @@ async fn inactive_banned_deleted_and_unknown_cloudreve_addresses_get_the_same_an
     let (api, worker) = start(&database, &broker, &sink).await;
 
     for (email, expected) in [
-        ("inactive@example.com", "inactive"),
-        ("manual@example.com", "banned"),
-        ("system@example.com", "banned"),
-        ("deleted@example.com", "unknown_account"),
-        ("nobody@example.com", "unknown_account"),
+        ("inactive@example.com", Outcome::Inactive),
+        ("manual@example.com", Outcome::Banned),
+        ("system@example.com", Outcome::Banned),
+        ("deleted@example.com", Outcome::UnknownAccount),
+        ("nobody@example.com", Outcome::UnknownAccount),
     ] {
         let asked = api.post_reset(&json!({ "email": email }).to_string()).await;
         assert_eq!(asked.text, OK, "{email}");

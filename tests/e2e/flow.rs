@@ -1,6 +1,9 @@
 //! The whole path across both processes: HTTP request → confirmed job → token → email at the sink.
 
-use resetmail_shared::{db::users::UserStatus, token::hash_secret};
+use resetmail_shared::{
+    db::{deliveries::Outcome, users::UserStatus},
+    token::hash_secret,
+};
 use resetmail_testkit::{
     PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
 };
@@ -88,7 +91,7 @@ async fn a_known_address_gets_one_email_whose_link_secret_hashes_to_the_stored_t
     );
 
     let row = decided(&db, job_id).await;
-    assert_eq!(row.outcome, "sent");
+    assert_eq!(row.outcome, Outcome::Sent);
     assert_eq!(row.correlation_id, correlation_id);
     assert_eq!(row.user_id, Some(user.id));
     assert_eq!(
@@ -154,18 +157,18 @@ async fn unknown_banned_and_inactive_addresses_get_the_same_answer_and_no_email(
         (sent == Some(1)).then_some(())
     })
     .await;
-    let outcomes: Vec<(String, String)> =
+    let outcomes: Vec<(String, Outcome)> =
         sqlx::query_as("SELECT email, outcome FROM deliveries ORDER BY requested_at")
             .fetch_all(&db.pool)
             .await
             .unwrap();
     let expected = [
-        ("nobody@example.com", "unknown_account"),
-        ("banned@example.com", "banned"),
-        ("inactive@example.com", "inactive"),
-        ("known@example.com", "sent"),
+        ("nobody@example.com", Outcome::UnknownAccount),
+        ("banned@example.com", Outcome::Banned),
+        ("inactive@example.com", Outcome::Inactive),
+        ("known@example.com", Outcome::Sent),
     ]
-    .map(|(email, outcome)| (email.to_owned(), outcome.to_owned()));
+    .map(|(email, outcome)| (email.to_owned(), outcome));
     assert_eq!(outcomes, expected);
     assert_eq!(sink.received().len(), 1);
     worker.stop().await;

@@ -8,7 +8,7 @@ use resetmail_api::{captcha::graphic::CaptchaSecret, config::ApiConfig, publishe
 use resetmail_shared::{
     EmailAddress, Job, PasswordResetJob,
     config::{BrokerConfig, DatabaseConfig},
-    db::deliveries::{self, Delivery},
+    db::deliveries::{self, Delivery, Outcome},
 };
 use resetmail_testkit::{
     PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
@@ -290,7 +290,7 @@ pub async fn decided(db: &TestDb, job_id: Uuid) -> Delivery {
                 .await
                 .ok()
                 .flatten()
-                .filter(|row| row.outcome != "pending")
+                .filter(|row| row.outcome != Outcome::Pending)
         },
     )
     .await

@@ -1,7 +1,7 @@
 //! The operator's toolkit: dead-letter commands, delivery status, template preview, retention, and
 //! several workers sharing one queue.
 
-use resetmail_shared::db::users::UserStatus;
+use resetmail_shared::db::{deliveries::Outcome, users::UserStatus};
 use resetmail_testkit::{
     PATIENCE, broker::TestBroker, db::TestDb, eventually, smtp_sink::SmtpSink,
 };
@@ -143,7 +143,7 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
     assert!(replayed.contains("replayed job"), "{replayed}");
     let row = eventually("the replayed job to be sent", PATIENCE, || async {
         let row = decided(&db, jobs[0].job_id).await;
-        (row.outcome == "sent").then_some(row)
+        (row.outcome == Outcome::Sent).then_some(row)
     })
     .await;
     assert_eq!(
@@ -182,7 +182,7 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
     sink.wait_for(3, PATIENCE).await;
     for job in &jobs {
         eventually("every replayed job to be sent", PATIENCE, || async {
-            (decided(&db, job.job_id).await.outcome == "sent").then_some(())
+            (decided(&db, job.job_id).await.outcome == Outcome::Sent).then_some(())
         })
         .await;
     }

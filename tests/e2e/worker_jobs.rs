@@ -2,7 +2,10 @@
 //! failures of the mail server and of the message itself.
 
 use resetmail_shared::topology::headers;
-use resetmail_shared::{Job, db::users::UserStatus};
+use resetmail_shared::{
+    Job,
+    db::{deliveries::Outcome, users::UserStatus},
+};
 use resetmail_testkit::{
     PATIENCE,
     broker::{TestBroker, header},
@@ -58,9 +61,9 @@ async fn unknown_banned_and_inactive_accounts_get_no_email_and_their_outcome_is_
         .await;
 
     let cases = [
-        ("nobody@example.com", "unknown_account"),
-        ("banned@example.com", "banned"),
-        ("INACTIVE@example.com", "inactive"),
+        ("nobody@example.com", Outcome::UnknownAccount),
+        ("banned@example.com", Outcome::Banned),
+        ("INACTIVE@example.com", Outcome::Inactive),
     ];
     let mut jobs = Vec::new();
     for (email, _) in cases {
@@ -78,7 +81,7 @@ async fn unknown_banned_and_inactive_accounts_get_no_email_and_their_outcome_is_
         assert_eq!(row.outcome, outcome, "{email}");
         assert_eq!(row.message_id, None);
     }
-    assert_eq!(decided(&db, marker.job_id).await.outcome, "sent");
+    assert_eq!(decided(&db, marker.job_id).await.outcome, Outcome::Sent);
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].rcpt_to, vec!["marker@example.com".to_owned()]);
     assert_eq!(sink.received().len(), 1);
@@ -105,7 +108,7 @@ async fn the_same_job_delivered_twice_sends_one_email() {
     publish(&broker, &marker).await;
 
     let mails = sink.wait_for(2, PATIENCE).await;
-    assert_eq!(decided(&db, marker.job_id).await.outcome, "sent");
+    assert_eq!(decided(&db, marker.job_id).await.outcome, Outcome::Sent);
     let recipients: Vec<_> = sink
         .received()
         .iter()
@@ -117,7 +120,7 @@ async fn the_same_job_delivered_twice_sends_one_email() {
         "{mails:?}"
     );
     let row = decided(&db, job.job_id).await;
-    assert_eq!((row.outcome.as_str(), row.attempts), ("sent", 1));
+    assert_eq!((row.outcome, row.attempts), (Outcome::Sent, 1));
     let tokens: i64 =
         sqlx::query_scalar("SELECT count(*) FROM password_reset_tokens WHERE job_id = $1")
             .bind(job.job_id)
@@ -241,8 +244,8 @@ async fn a_job_older_than_its_maximum_age_is_recorded_as_expired_and_not_sent() 
     publish(&broker, &fresh).await;
 
     sink.wait_for(1, PATIENCE).await;
-    assert_eq!(decided(&db, stale.job_id).await.outcome, "expired");
-    assert_eq!(decided(&db, fresh.job_id).await.outcome, "sent");
+    assert_eq!(decided(&db, stale.job_id).await.outcome, Outcome::Expired);
+    assert_eq!(decided(&db, fresh.job_id).await.outcome, Outcome::Sent);
     assert_eq!(sink.received().len(), 1);
     worker.stop().await;
 }
@@ -262,7 +265,7 @@ async fn a_transient_smtp_failure_is_retried_until_the_email_goes_out_once() {
     publish(&broker, &job).await;
 
     let row = decided(&db, job.job_id).await;
-    assert_eq!((row.outcome.as_str(), row.attempts), ("sent", 4));
+    assert_eq!((row.outcome, row.attempts), (Outcome::Sent, 4));
     assert_eq!(sink.received().len(), 1);
     assert_eq!(sink.attempts(), 4);
     let live: i64 =
@@ -294,7 +297,7 @@ async fn a_permanent_smtp_failure_goes_to_the_dead_letters_without_retry() {
     publish(&broker, &job).await;
 
     let row = decided(&db, job.job_id).await;
-    assert_eq!((row.outcome.as_str(), row.attempts), ("failed", 1));
+    assert_eq!((row.outcome, row.attempts), (Outcome::Failed, 1));
     let error = row.last_error.unwrap_or_default();
     assert!(
         error.contains("550") && error.contains("<g***@example.com>: Recipient address rejected"),
@@ -369,7 +372,7 @@ async fn a_malformed_message_goes_to_the_dead_letters_and_the_worker_keeps_going
     publish(&broker, &job).await;
 
     sink.wait_for(1, PATIENCE).await;
-    assert_eq!(decided(&db, job.job_id).await.outcome, "sent");
+    assert_eq!(decided(&db, job.job_id).await.outcome, Outcome::Sent);
     broker
         .wait_for_count(&broker.topology.dead_letter_queue(), 3, PATIENCE)
         .await;
@@ -404,8 +407,8 @@ async fn transient_failures_past_the_last_retry_step_end_in_the_dead_letters() {
 
     let row = decided(&db, job.job_id).await;
     assert_eq!(
-        (row.outcome.as_str(), row.attempts),
-        ("failed", 4),
+        (row.outcome, row.attempts),
+        (Outcome::Failed, 4),
         "one attempt and three retries"
     );
     broker
@@ -473,7 +476,7 @@ async fn jobs_queued_while_the_mail_server_is_down_are_all_delivered_once_it_is_
     sink.wait_for(5, PATIENCE).await;
     for job in &jobs {
         let row = decided(&db, job.job_id).await;
-        assert_eq!(row.outcome, "sent");
+        assert_eq!(row.outcome, Outcome::Sent);
         assert!(row.attempts >= 2, "{row:?}");
     }
     let mut recipients: Vec<String> = sink
@@ -518,7 +521,10 @@ async fn an_account_gets_one_email_per_cooldown_however_many_jobs_arrive() {
         outcomes.push(decided(&db, job.job_id).await.outcome);
     }
     outcomes.sort();
-    assert_eq!(outcomes, ["sent", "throttled", "throttled"]);
+    assert_eq!(
+        outcomes,
+        [Outcome::Sent, Outcome::Throttled, Outcome::Throttled]
+    );
     assert_eq!(sink.received().len(), 1);
     worker.stop().await;
 }
@@ -541,7 +547,15 @@ async fn an_account_gets_at_most_its_daily_maximum() {
     for job in &jobs {
         outcomes.push(decided(&db, job.job_id).await.outcome);
     }
-    assert_eq!(outcomes, ["sent", "sent", "throttled", "throttled"]);
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Sent,
+            Outcome::Sent,
+            Outcome::Throttled,
+            Outcome::Throttled
+        ]
+    );
     assert_eq!(sink.received().len(), 2);
     worker.stop().await;
 }
@@ -565,11 +579,11 @@ async fn with_notices_on_an_address_with_no_account_is_told_so_once_per_cooldown
     }
 
     let noticed = decided(&db, nobody.job_id).await;
-    assert_eq!(noticed.outcome, "unknown_account");
+    assert_eq!(noticed.outcome, Outcome::UnknownAccount);
     assert_eq!(noticed.user_id, None);
     assert!(noticed.sent_at.is_some() && noticed.message_id.is_some());
-    assert_eq!(decided(&db, again.job_id).await.outcome, "throttled");
-    assert_eq!(decided(&db, jane.job_id).await.outcome, "sent");
+    assert_eq!(decided(&db, again.job_id).await.outcome, Outcome::Throttled);
+    assert_eq!(decided(&db, jane.job_id).await.outcome, Outcome::Sent);
 
     let mails = sink.received();
     assert_eq!(mails.len(), 2);

@@ -262,7 +262,7 @@ pub async fn status(
             .map(|row| {
                 Ok(serde_json::json!({
                     "job_id": row.job_id, "correlation_id": row.correlation_id,
-                    "email": email(&row.email), "outcome": row.outcome, "attempts": row.attempts,
+                    "email": email(&row.email), "outcome": row.outcome.as_str(), "attempts": row.attempts,
                     "last_error": last_error(&row.last_error), "message_id": row.message_id,
                     "requested_at": json_time(row.requested_at)?,
                     "sent_at": row.sent_at.map(json_time).transpose()?,

@@ -11,13 +11,13 @@ pub async fn insert(
     answer_hash: &[u8; 32],
     ttl: Duration,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO captcha_tickets (ticket, answer_hash, expires_at)
          VALUES ($1, $2, now() + make_interval(secs => $3))",
+        ticket,
+        answer_hash.as_slice(),
+        ttl.as_secs_f64(),
     )
-    .bind(ticket)
-    .bind(answer_hash.as_slice())
-    .bind(ttl.as_secs_f64())
     .execute(executor)
     .await?;
     Ok(())
@@ -26,18 +26,19 @@ pub async fn insert(
 /// Deletes the ticket and returns its answer hash if it had not expired yet. A ticket is good for
 /// one check, whatever its outcome.
 pub async fn take(executor: impl PgExecutor<'_>, ticket: &str) -> sqlx::Result<Option<Vec<u8>>> {
-    let row: Option<(Vec<u8>, bool)> = sqlx::query_as(
-        "DELETE FROM captcha_tickets WHERE ticket = $1 RETURNING answer_hash, expires_at > now()",
+    let row = sqlx::query!(
+        r#"DELETE FROM captcha_tickets WHERE ticket = $1
+           RETURNING answer_hash, expires_at > now() AS "live!""#,
+        ticket,
     )
-    .bind(ticket)
     .fetch_optional(executor)
     .await?;
-    Ok(row.and_then(|(hash, live)| live.then_some(hash)))
+    Ok(row.and_then(|row| row.live.then_some(row.answer_hash)))
 }
 
 /// Deletes expired tickets; returns how many.
 pub async fn prune(executor: impl PgExecutor<'_>) -> sqlx::Result<u64> {
-    let done = sqlx::query("DELETE FROM captcha_tickets WHERE expires_at <= now()")
+    let done = sqlx::query!("DELETE FROM captcha_tickets WHERE expires_at <= now()")
         .execute(executor)
         .await?;
     Ok(done.rows_affected())

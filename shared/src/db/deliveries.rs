@@ -1,14 +1,16 @@
 //! The delivery table: one row per job, the operator's record of what happened to every request,
 //! and the worker's idempotency key.
 
-use std::{fmt, str::FromStr};
+use std::fmt;
 
 use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// What became of a job. Every value but `Pending` is final.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What became of a job, stored as the PostgreSQL type `delivery_outcome`. Every value but
+/// `Pending` is final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, sqlx::Type)]
+#[sqlx(type_name = "delivery_outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Not decided yet (being worked on, or waiting for a retry).
     Pending,
@@ -29,7 +31,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The value stored in `deliveries.outcome`.
+    /// The outcome's name, as stored and as logs and metrics label it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -51,31 +53,12 @@ impl Outcome {
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Outcome {
-    type Err = String;
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        [
-            Self::Pending,
-            Self::Sent,
-            Self::UnknownAccount,
-            Self::Banned,
-            Self::Inactive,
-            Self::Expired,
-            Self::Throttled,
-            Self::Failed,
-        ]
-        .into_iter()
-        .find(|outcome| outcome.as_str() == value)
-        .ok_or_else(|| format!("unknown delivery outcome `{value}`"))
+        f.pad(self.as_str())
     }
 }
 
 /// A delivery row, for operators and tests.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Delivery {
     /// The job.
     pub job_id: Uuid,
@@ -85,8 +68,8 @@ pub struct Delivery {
     pub email: String,
     /// The account, when one was found.
     pub user_id: Option<i64>,
-    /// Outcome as stored (see [`Outcome`]).
-    pub outcome: String,
+    /// What became of it.
+    pub outcome: Outcome,
     /// Attempts made.
     pub attempts: i32,
     /// The last error, if any.
@@ -101,12 +84,13 @@ pub struct Delivery {
 
 /// The row of one job, if the worker has seen it.
 pub async fn find(executor: impl PgExecutor<'_>, job_id: Uuid) -> sqlx::Result<Option<Delivery>> {
-    sqlx::query_as(
-        "SELECT job_id, correlation_id, email, user_id, outcome, attempts, last_error, message_id,
-                requested_at, sent_at
-         FROM deliveries WHERE job_id = $1",
+    sqlx::query_as!(
+        Delivery,
+        r#"SELECT job_id, correlation_id, email, user_id, outcome AS "outcome: Outcome", attempts,
+                  last_error, message_id, requested_at, sent_at
+           FROM deliveries WHERE job_id = $1"#,
+        job_id,
     )
-    .bind(job_id)
     .fetch_optional(executor)
     .await
 }
@@ -116,12 +100,13 @@ pub async fn find_by_email(
     executor: impl PgExecutor<'_>,
     match_key: &str,
 ) -> sqlx::Result<Vec<Delivery>> {
-    sqlx::query_as(
-        "SELECT job_id, correlation_id, email, user_id, outcome, attempts, last_error, message_id,
-                requested_at, sent_at
-         FROM deliveries WHERE ascii_lower(email) = $1 ORDER BY requested_at, job_id",
+    sqlx::query_as!(
+        Delivery,
+        r#"SELECT job_id, correlation_id, email, user_id, outcome AS "outcome: Outcome", attempts,
+                  last_error, message_id, requested_at, sent_at
+           FROM deliveries WHERE ascii_lower(email) = $1 ORDER BY requested_at, job_id"#,
+        match_key,
     )
-    .bind(match_key)
     .fetch_all(executor)
     .await
 }
@@ -129,11 +114,11 @@ pub async fn find_by_email(
 /// Makes a failed job pending again with no attempts, for a replay from the dead letters; true if
 /// the job had a row to reset.
 pub async fn reopen(executor: impl PgExecutor<'_>, job_id: Uuid) -> sqlx::Result<bool> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE deliveries SET outcome = 'pending', attempts = 0, updated_at = now()
          WHERE job_id = $1 AND outcome = 'failed'",
+        job_id,
     )
-    .bind(job_id)
     .execute(executor)
     .await?;
     Ok(done.rows_affected() > 0)
@@ -144,12 +129,13 @@ pub async fn find_by_correlation_id(
     executor: impl PgExecutor<'_>,
     correlation_id: Uuid,
 ) -> sqlx::Result<Vec<Delivery>> {
-    sqlx::query_as(
-        "SELECT job_id, correlation_id, email, user_id, outcome, attempts, last_error, message_id,
-                requested_at, sent_at
-         FROM deliveries WHERE correlation_id = $1 ORDER BY requested_at, job_id",
+    sqlx::query_as!(
+        Delivery,
+        r#"SELECT job_id, correlation_id, email, user_id, outcome AS "outcome: Outcome", attempts,
+                  last_error, message_id, requested_at, sent_at
+           FROM deliveries WHERE correlation_id = $1 ORDER BY requested_at, job_id"#,
+        correlation_id,
     )
-    .bind(correlation_id)
     .fetch_all(executor)
     .await
 }
@@ -157,14 +143,14 @@ pub async fn find_by_correlation_id(
 /// Deletes rows requested longer than `retention` ago; returns how many.
 pub async fn prune(pool: &PgPool, retention: std::time::Duration) -> sqlx::Result<u64> {
     super::delete_in_batches(pool, |batch| {
-        sqlx::query(
+        sqlx::query!(
             "DELETE FROM deliveries WHERE job_id IN (
                  SELECT job_id FROM deliveries
                   WHERE requested_at < now() - make_interval(secs => $1)
                   LIMIT $2)",
+            retention.as_secs_f64(),
+            batch,
         )
-        .bind(retention.as_secs_f64())
-        .bind(batch)
     })
     .await
 }

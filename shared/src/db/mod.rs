@@ -130,7 +130,10 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// True when the database answers a trivial query.
 pub async fn ping(pool: &PgPool) -> bool {
-    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+    sqlx::query!("SELECT 1 AS one")
+        .fetch_one(pool)
+        .await
+        .is_ok()
 }
 
 #[cfg(test)]

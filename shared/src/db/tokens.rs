@@ -4,7 +4,7 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// The account a redeemed token belonged to.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Redeemed {
     /// Database id.
     pub user_id: i64,
@@ -23,26 +23,27 @@ pub async fn redeem(
     public_id: Uuid,
     token_hash: &[u8; 32],
 ) -> sqlx::Result<Option<Redeemed>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Redeemed,
         "UPDATE password_reset_tokens AS t SET used_at = now()
          FROM users AS u
          WHERE t.token_hash = $2 AND t.user_id = u.id AND u.public_id = $1 AND u.status = 'active'
            AND t.used_at IS NULL AND t.revoked_at IS NULL AND t.expires_at > now()
          RETURNING u.id AS user_id, u.public_id, u.email, u.nick",
+        public_id,
+        token_hash.as_slice(),
     )
-    .bind(public_id)
-    .bind(token_hash.as_slice())
     .fetch_optional(executor)
     .await
 }
 
 /// Revokes every unused token of the account (after its password changed).
 pub async fn revoke_all(executor: impl PgExecutor<'_>, user_id: i64) -> sqlx::Result<u64> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE password_reset_tokens SET revoked_at = now()
          WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL",
+        user_id,
     )
-    .bind(user_id)
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
@@ -52,14 +53,14 @@ pub async fn revoke_all(executor: impl PgExecutor<'_>, user_id: i64) -> sqlx::Re
 /// day, so that the table stays small; returns how many.
 pub async fn prune(pool: &PgPool) -> sqlx::Result<u64> {
     super::delete_in_batches(pool, |batch| {
-        sqlx::query(
+        sqlx::query!(
             "DELETE FROM password_reset_tokens WHERE id IN (
                  SELECT id FROM password_reset_tokens
                   WHERE created_at < now() - interval '1 day'
                     AND (expires_at < now() OR used_at IS NOT NULL OR revoked_at IS NOT NULL)
                   LIMIT $1)",
+            batch,
         )
-        .bind(batch)
     })
     .await
 }

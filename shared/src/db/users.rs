@@ -33,7 +33,7 @@ impl UserStatus {
 
 impl fmt::Display for UserStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -97,7 +97,6 @@ pub struct User {
     pub language: Option<String>,
 }
 
-#[derive(sqlx::FromRow)]
 pub(super) struct UserRow {
     pub(super) id: i64,
     pub(super) public_id: Uuid,
@@ -139,14 +138,15 @@ pub struct NewUser<'a> {
 
 /// Inserts an account; fails if one with the same address (ASCII case folded) exists.
 pub async fn insert(executor: impl PgExecutor<'_>, user: &NewUser<'_>) -> sqlx::Result<User> {
-    let row: UserRow = sqlx::query_as(
+    let row = sqlx::query_as!(
+        UserRow,
         "INSERT INTO users (email, nick, language, status) VALUES ($1, $2, $3, $4)
          RETURNING id, public_id, email, nick, status, language",
+        user.email,
+        user.nick,
+        user.language,
+        user.status.as_str(),
     )
-    .bind(user.email)
-    .bind(user.nick)
-    .bind(user.language)
-    .bind(user.status.as_str())
     .fetch_one(executor)
     .await?;
     User::try_from(row)
@@ -158,10 +158,12 @@ pub async fn set_password_hash(
     user_id: i64,
     password_hash: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
-        .bind(user_id)
-        .bind(password_hash)
-        .execute(executor)
-        .await?;
+    sqlx::query!(
+        "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
+        user_id,
+        password_hash,
+    )
+    .execute(executor)
+    .await?;
     Ok(())
 }

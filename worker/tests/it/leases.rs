@@ -3,7 +3,7 @@
 //! the lease runs out and is sent once; and a database that allows the worker fewer connections
 //! than it would take costs nothing but speed.
 
-use resetmail_shared::db::deliveries;
+use resetmail_shared::db::deliveries::{self, Outcome};
 use resetmail_testkit::{
     PATIENCE, broker::TestBroker, db::TestDb, process::Process, process::http_get,
     smtp_sink::SmtpSink,
@@ -60,7 +60,7 @@ async fn a_second_delivery_of_a_job_being_sent_waits_for_it_and_sends_nothing() 
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("no delivery row"));
-    assert_eq!((row.outcome.as_str(), row.attempts), ("sent", 1));
+    assert_eq!((row.outcome, row.attempts), (Outcome::Sent, 1));
     worker.stop_cleanly(PATIENCE).await;
 }
 
@@ -102,7 +102,7 @@ async fn a_job_whose_worker_died_mid_send_is_taken_over_when_its_lease_runs_out(
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("no delivery row"));
-    assert_eq!((row.outcome.as_str(), row.attempts), ("sent", 2));
+    assert_eq!((row.outcome, row.attempts), (Outcome::Sent, 2));
     let live_tokens: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM password_reset_tokens WHERE used_at IS NULL AND revoked_at IS NULL",
     )
