@@ -108,35 +108,6 @@ impl BrokerNodes {
     }
 }
 
-/// Clap's reader of `AMQP_URL`: unlike clap's own error, which quotes the value, its error names
-/// the setting and what is wrong without repeating a URL that may hold a password.
-#[derive(Clone, Copy, Debug)]
-pub struct BrokerNodesParser;
-
-impl clap::builder::TypedValueParser for BrokerNodesParser {
-    type Value = BrokerNodes;
-
-    fn parse_ref(
-        &self,
-        _command: &clap::Command,
-        _argument: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<Self::Value, clap::Error> {
-        let text = value.to_str().ok_or_else(|| {
-            clap::Error::raw(
-                clap::error::ErrorKind::InvalidUtf8,
-                "AMQP_URL is not valid UTF-8\n",
-            )
-        })?;
-        BrokerNodes::parse(text).map_err(|error| {
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!("invalid AMQP_URL: {error}\n"),
-            )
-        })
-    }
-}
-
 /// Connections to a deployment's nodes in turn: the nodes are shuffled once, so that a fleet of
 /// processes spreads over a cluster, and each attempt starts at the node after the one last used,
 /// so that a process whose node died moves on to the next instead of waiting for it.

@@ -57,7 +57,7 @@ pub struct BrokerConfig {
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true,
-        value_parser = crate::amqp::BrokerNodesParser
+        value_parser = SecretValue::new("AMQP_URL", crate::amqp::BrokerNodes::parse)
     )]
     pub nodes: crate::amqp::BrokerNodes,
     /// Prefix of every queue and exchange name.
@@ -191,6 +191,42 @@ pub fn format_duration(duration: Duration) -> String {
         }
     }
     format!("{millis}ms")
+}
+
+/// A clap value parser for a setting that may hold a password (a URL with credentials): its
+/// error names the setting and says what is wrong, and never repeats the value, as clap's own
+/// errors do.
+#[derive(Clone, Copy)]
+pub struct SecretValue<T> {
+    name: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> SecretValue<T> {
+    /// Reads the setting `name` with `parse`, whose error must not repeat the value either.
+    pub const fn new(name: &'static str, parse: fn(&str) -> Result<T, String>) -> Self {
+        Self { name, parse }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for SecretValue<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        _command: &clap::Command,
+        _argument: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let invalid = |kind, reason: &str| {
+            clap::Error::raw(kind, format!("invalid {}: {reason}\n", self.name))
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid(clap::error::ErrorKind::InvalidUtf8, "not valid UTF-8"))?;
+        (self.parse)(text)
+            .map_err(|reason| invalid(clap::error::ErrorKind::ValueValidation, &reason))
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use lettre::Message;
 use resetmail_testkit::{eventually, smtp_sink::SmtpSink};
-use resetmail_worker::mailer::Mailer;
+use resetmail_worker::mailer::{Mailer, smtp::SmtpUrl};
 
 fn message(n: usize) -> anyhow::Result<Message> {
     Ok(Message::builder()
@@ -16,12 +16,8 @@ fn message(n: usize) -> anyhow::Result<Message> {
 
 fn mailer(sink: &SmtpSink, connections: usize) -> anyhow::Result<Mailer> {
     let outbox = std::env::temp_dir().join("resetmail-unused-outbox");
-    Mailer::new(
-        Some(&sink.url()),
-        &outbox,
-        Duration::from_secs(10),
-        connections,
-    )
+    let url = SmtpUrl::parse(&sink.url()).map_err(anyhow::Error::msg)?;
+    Mailer::new(Some(&url), &outbox, Duration::from_secs(10), connections)
 }
 
 /// lettre writes a message's final `\r\n.\r\n` apart from its body; with Nagle's algorithm on,

@@ -3,9 +3,11 @@
 use std::{path::PathBuf, time::Duration};
 
 use resetmail_shared::{
-    config::{BrokerConfig, DatabaseConfig, LogConfig, parse_duration},
+    config::{BrokerConfig, DatabaseConfig, LogConfig, SecretValue, parse_duration},
     db::cloudreve::SiteSettings,
 };
+
+use crate::mailer::smtp::SmtpUrl;
 
 /// Everything the worker reads from the environment or its flags.
 #[derive(clap::Args, Clone, Debug)]
@@ -19,8 +21,13 @@ pub struct WorkerConfig {
     #[arg(long = "site-name", env = "RESETMAIL_SITE_NAME")]
     pub site_name: Option<String>,
     /// SMTP server, e.g. `smtp://user:pass@host:587?tls=required`; unset writes `.eml` files instead.
-    #[arg(long = "smtp-url", env = "RESETMAIL_SMTP_URL", hide_env_values = true)]
-    pub smtp_url: Option<String>,
+    #[arg(
+        long = "smtp-url",
+        env = "RESETMAIL_SMTP_URL",
+        hide_env_values = true,
+        value_parser = SecretValue::new("RESETMAIL_SMTP_URL", SmtpUrl::parse)
+    )]
+    pub smtp_url: Option<SmtpUrl>,
     /// Where `.eml` files go when no SMTP server is configured.
     #[arg(
         long = "outbox-dir",

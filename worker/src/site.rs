@@ -10,7 +10,7 @@ use crate::{
     cloudreve_mail::{self, SiteTemplate},
     config::{Site, WorkerConfig},
     dkim::Dkim,
-    mailer::Mailer,
+    mailer::{Mailer, smtp::SmtpUrl},
 };
 
 /// The sender when neither resetmail nor the site names one.
@@ -102,7 +102,7 @@ impl SiteConfig {
             None => None,
         };
         let mailer = Mailer::new(
-            smtp_url.as_deref(),
+            smtp_url.as_ref(),
             &config.outbox_dir,
             config.smtp_timeout,
             usize::from(config.smtp_connections),
@@ -154,7 +154,7 @@ fn absolute(path: &str, site_url: &str) -> String {
 /// The SMTP URL of the site's mail settings, or `None` when it names no SMTP host. Cloudreve's
 /// `smtpEncryption` means implicit TLS (`smtps`); without it Cloudreve uses STARTTLS when the server
 /// offers it.
-fn cloudreve_smtp_url(settings: &SiteSettings) -> anyhow::Result<Option<String>> {
+fn cloudreve_smtp_url(settings: &SiteSettings) -> anyhow::Result<Option<SmtpUrl>> {
     let Some(host) = settings.get("smtpHost") else {
         return Ok(None);
     };
@@ -184,7 +184,9 @@ fn cloudreve_smtp_url(settings: &SiteSettings) -> anyhow::Result<Option<String>>
     set_port
         .and(set_user)
         .map_err(|()| anyhow::anyhow!("the site's SMTP settings do not make an SMTP URL"))?;
-    Ok(Some(url.to_string()))
+    SmtpUrl::try_from(url).map(Some).map_err(|reason| {
+        anyhow::anyhow!("the site's SMTP settings do not make an SMTP URL: {reason}")
+    })
 }
 
 #[cfg(test)]
@@ -197,7 +199,11 @@ mod tests {
 
     #[test]
     fn the_sites_mail_settings_make_an_smtp_url() {
-        let url = |pairs| cloudreve_smtp_url(&settings(pairs)).unwrap();
+        let url = |pairs| {
+            cloudreve_smtp_url(&settings(pairs))
+                .unwrap()
+                .map(|url| url.as_url().to_string())
+        };
         assert_eq!(url(&[("smtpHost", "")]), None);
         assert_eq!(
             url(&[("smtpHost", "mx.example.com"), ("smtpPort", "587")]),

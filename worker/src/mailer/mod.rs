@@ -57,7 +57,7 @@ impl Mailer {
     /// SMTP from `smtp_url` when given, else the outbox in `outbox_dir` (created if missing).
     /// At most `connections` SMTP connections are open at once (see [`Mailer::slot`]).
     pub fn new(
-        smtp_url: Option<&str>,
+        smtp_url: Option<&smtp::SmtpUrl>,
         outbox_dir: &Path,
         timeout: Duration,
         connections: usize,
@@ -66,7 +66,7 @@ impl Mailer {
             Some(url) => {
                 // The error names the part that is wrong; the URL (with its password) is not shown.
                 let settings = smtp::Settings::from_url(url, timeout).map_err(|reason| {
-                    anyhow::anyhow!("RESETMAIL_SMTP_URL is not a valid SMTP URL: {reason}")
+                    anyhow::anyhow!("cannot use the SMTP server's URL: {reason}")
                 })?;
                 Ok(Self::Smtp {
                     pool: smtp::Pool::new(settings, connections),

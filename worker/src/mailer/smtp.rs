@@ -9,7 +9,7 @@
 
 use std::{
     borrow::Cow,
-    io,
+    fmt, io,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex, Weak},
@@ -54,8 +54,51 @@ enum Security {
     },
 }
 
-/// Where and how to connect, read from an SMTP URL with lettre's syntax:
-/// `scheme://user:pass@host:port/ehlo-name?tls=required|opportunistic`.
+/// An SMTP URL with lettre's syntax, `scheme://user:pass@host:port/ehlo-name?tls=required|opportunistic`,
+/// checked when it is read (a URL [`Settings`] cannot use is refused then, not at the first send).
+/// It may hold a password: its `Debug` form shows only the scheme, host and port, and no error
+/// about it repeats it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpUrl(url::Url);
+
+impl SmtpUrl {
+    /// Reads `text`; the error says what is wrong without repeating it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Self::try_from(url::Url::parse(text.trim()).map_err(|error| error.to_string())?)
+    }
+
+    /// The URL, password included.
+    pub fn as_url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+impl TryFrom<url::Url> for SmtpUrl {
+    type Error = String;
+    fn try_from(url: url::Url) -> Result<Self, String> {
+        let url = Self(url);
+        Settings::from_url(&url, Duration::ZERO)?;
+        Ok(url)
+    }
+}
+
+impl fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = &self.0;
+        write!(
+            f,
+            "SmtpUrl({}://{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default()
+        )?;
+        if let Some(port) = url.port() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Where and how to connect, read from an [`SmtpUrl`].
 pub struct Settings {
     host: String,
     port: u16,
@@ -67,8 +110,8 @@ pub struct Settings {
 
 impl Settings {
     /// Reads `url`. The error never repeats the URL, which may hold a password.
-    pub fn from_url(url: &str, connect_timeout: Duration) -> Result<Self, String> {
-        let url = url::Url::parse(url).map_err(|error| error.to_string())?;
+    pub fn from_url(url: &SmtpUrl, connect_timeout: Duration) -> Result<Self, String> {
+        let url = &url.0;
         let host = url
             .host_str()
             .ok_or("the SMTP host is missing")?
@@ -382,7 +425,37 @@ mod tests {
     use super::*;
 
     fn parse(url: &str) -> Result<Settings, String> {
-        Settings::from_url(url, Duration::from_secs(1))
+        Settings::from_url(&SmtpUrl::parse(url)?, Duration::from_secs(1))
+    }
+
+    #[test]
+    fn an_smtp_url_is_refused_at_start_up_and_shown_without_its_password() {
+        use clap::Parser as _;
+        #[derive(clap::Parser, Debug)]
+        struct Cli {
+            #[arg(long, value_parser = resetmail_shared::config::SecretValue::new("RESETMAIL_SMTP_URL", SmtpUrl::parse))]
+            smtp_url: SmtpUrl,
+        }
+        let error = Cli::try_parse_from(["worker", "--smtp-url", "smtp://me:s3cret@mx?tls=maybe"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("invalid RESETMAIL_SMTP_URL: unknown scheme"),
+            "{error}"
+        );
+        assert!(!error.contains("s3cret"), "{error}");
+
+        let read = Cli::try_parse_from([
+            "worker",
+            "--smtp-url",
+            "smtps://me:s3cret@mx.example.com:2465",
+        ])
+        .unwrap();
+        assert_eq!(
+            format!("{read:?}"),
+            "Cli { smtp_url: SmtpUrl(smtps://mx.example.com:2465) }"
+        );
+        assert_eq!(read.smtp_url.as_url().password(), Some("s3cret"));
     }
 
     #[test]
