@@ -17,12 +17,12 @@ use lettre::{
     transport::smtp::{client::AsyncSmtpConnection, extension::ClientId},
 };
 use resetmail_shared::token::ResetToken;
+use resetmail_testkit::smtp_sink::SmtpSink;
 use sqlx::PgPool;
 
 use crate::{
     job_transaction, pg_monitor,
     procfs::{self, Owners, PartsCpu},
-    sink::Sink,
 };
 
 /// The worker's default concurrency (`RESETMAIL_CONCURRENCY`): the baselines use as many
@@ -58,7 +58,7 @@ fn sample_message(to: &str) -> anyhow::Result<Message> {
 
 /// Emails per second of a bare SMTP client: `WORKER_CONCURRENCY` kept-alive connections with
 /// `TCP_NODELAY`, the worker's message, nothing else.
-pub async fn bare_smtp(sink: &Sink, n: usize) -> anyhow::Result<f64> {
+pub async fn bare_smtp(sink: &SmtpSink, n: usize) -> anyhow::Result<f64> {
     sink.reset();
     let bytes = Arc::new(sample_message("bench@bench.example")?.formatted());
     let next = Arc::new(AtomicUsize::new(0));
@@ -87,8 +87,12 @@ pub async fn bare_smtp(sink: &Sink, n: usize) -> anyhow::Result<f64> {
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    sink.wait_for(n, Duration::from_secs(10)).await?;
-    sink.rate().context("the sink accepted nothing")
+    anyhow::ensure!(
+        sink.reached(n, Duration::from_secs(10)).await,
+        "the SMTP sink accepted {} of {n} messages",
+        sink.accepted()
+    );
+    crate::worker::acceptance_rate(sink).context("the sink accepted nothing")
 }
 
 /// Transactions per second of `transaction`, run once per item on `WORKER_CONCURRENCY` connections.

@@ -22,15 +22,14 @@ mod pg_monitor;
 mod procfs;
 mod report;
 mod run;
-mod sink;
 mod worker;
 
 use std::time::Duration;
 
 use footprint::{ApiCounters, ApiFootprint, Counters};
 use report::Report;
+use resetmail_testkit::smtp_sink::SmtpSink;
 use run::Run;
-use sink::Sink;
 use worker::{IN_FLIGHT, Plan, Settings};
 
 /// The relay's latency of the slow relay run: the sink answers each message this long after its
@@ -111,7 +110,7 @@ async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
         });
 
     eprintln!("measuring the baselines: a bare SMTP client and the token transaction");
-    let sink = Sink::start().await?;
+    let sink = SmtpSink::start().await;
     let smtp = baselines::bare_smtp(&sink, options.jobs).await?;
     let token_accounts = run::seed_accounts(&run.pool, "t", options.jobs).await?;
     let tokens = baselines::token_transactions(&run.pool, &run.name, token_accounts).await?;

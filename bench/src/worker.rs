@@ -13,8 +13,38 @@ use crate::{
     pg_monitor::{PgPeak, PgWatch},
     procfs::{self, MachineCpu, Owners, PartsCpu},
     run::{self, Run},
-    sink::{Sink, SinkCounts},
 };
+use resetmail_testkit::smtp_sink::SmtpSink;
+
+/// Counts of the sink's connections and messages during a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinkCounts {
+    /// The most SMTP connections open at once.
+    pub peak_connections: usize,
+    /// SMTP connections opened.
+    pub opened: usize,
+    /// The most messages waiting for their answer at once.
+    pub peak_in_flight: usize,
+}
+
+impl SinkCounts {
+    /// The sink's counts since its last reset.
+    fn of(sink: &SmtpSink) -> Self {
+        Self {
+            peak_connections: sink.peak_connections() as usize,
+            opened: sink.connections() as usize,
+            peak_in_flight: sink.peak_waiting() as usize,
+        }
+    }
+}
+
+/// Messages per second from the sink's first accept to its last since its reset (the first
+/// starts the clock, so it is not counted); `None` before two were accepted.
+pub fn acceptance_rate(sink: &SmtpSink) -> Option<f64> {
+    let span = sink.acceptance_span()?;
+    let n = sink.accepted();
+    (n >= 2).then(|| (n - 1) as f64 / span.as_secs_f64().max(1e-9))
+}
 
 /// Sends in flight in the memory run ([`Settings::THOUSAND_IN_FLIGHT`]).
 pub const IN_FLIGHT: usize = 1000;
@@ -151,7 +181,7 @@ impl WorkerRun {
 /// arrived or `limit` passed; then stops the worker and empties the queues.
 pub async fn run_worker(
     run: &mut Run,
-    sink: &Sink,
+    sink: &SmtpSink,
     plan: &Plan,
     limit: Duration,
 ) -> anyhow::Result<WorkerRun> {
@@ -185,7 +215,7 @@ pub async fn run_worker(
         let slice = deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_secs(1));
-        if sink.wait_for(plan.jobs, slice).await.is_ok() {
+        if sink.reached(plan.jobs, slice).await {
             break (true, false);
         }
         let exited = run.has_exited(pid);
@@ -203,7 +233,7 @@ pub async fn run_worker(
         not_ours,
         broker: run.broker_pids.clone(),
     };
-    let smtp = sink.counts();
+    let smtp = SinkCounts::of(sink);
     let accepted = sink.accepted();
     let worker_cpu = procfs::process_cpu_seconds(pid).unwrap_or(0.0);
     let rss_mb = procfs::peak_rss_mb(pid).unwrap_or(0.0);
@@ -215,7 +245,7 @@ pub async fn run_worker(
     let pg_after = counters.read().await?;
     run.purge_all().await?;
     sink.set_delay(Duration::ZERO);
-    let rate = match (finished, sink.rate()) {
+    let rate = match (finished, acceptance_rate(sink)) {
         (true, Some(rate)) => rate,
         _ => accepted as f64 / elapsed.as_secs_f64(),
     };
@@ -283,7 +313,7 @@ pub struct EndToEnd {
 /// request was due to the sink's `250` for its recipient.
 pub async fn end_to_end(
     run: &mut Run,
-    sink: &Sink,
+    sink: &SmtpSink,
     api: SocketAddr,
     (settings, worker_rate): (Settings, f64),
     api_peak: f64,
@@ -308,15 +338,20 @@ pub async fn end_to_end(
     run::wait_until_ready(health).await?;
     let clients = run::http_clients(api, 64, "unused").await?;
     let (start, failed) = load::open_loop(clients, "e", rate, requests).await;
-    if let Err(error) = sink.wait_for(requests - failed, limit).await {
-        eprintln!("{error}");
+    if !sink.reached(requests - failed, limit).await {
+        eprintln!(
+            "the SMTP sink accepted {} of {} messages within {limit:?}",
+            sink.accepted(),
+            requests - failed
+        );
     }
     run.stop(pid).await;
     run.purge_all().await?;
     let mut latencies = Vec::with_capacity(requests);
     let mut missing = 0;
+    let accepted = sink.accepted_at();
     for i in 0..requests {
-        match sink.accepted_at(&format!("e{i}@bench.example")) {
+        match accepted.get(&format!("e{i}@bench.example")).copied() {
             Some(at) => latencies.push(at.saturating_duration_since(load::due(start, rate, i))),
             None => missing += 1,
         }
