@@ -76,18 +76,21 @@ const ADDRESS_LOCK_CLASS: i32 = 0x5253_4d4e;
 
 /// Claims `requests` in one transaction and answers one [`Claim`] per request, in order.
 ///
-/// 1. Each job's delivery row is created or, when pending with no live lease, leased again
-///    (counting an attempt); rows are locked in job-id order.
-/// 2. The accounts of the leased jobs are found and locked in account-id order (a built-in account
-///    by its row, a Cloudreve account by an advisory lock, so that Cloudreve's own writes to its
-///    row never wait on resetmail), so that jobs for one account are decided one batch at a time.
-///    With notices on, the addresses of the leased jobs with no account are locked next (advisory
+/// 1. The jobs' existing delivery rows are read and locked, in job-id order. A job with no row
+///    yet, or whose row is pending with no live lease, is to be leased (the first, at its first
+///    attempt); a decided one is a duplicate; one leased by a live delivery is busy.
+/// 2. The accounts of the jobs to lease are found and locked in account-id order (a built-in
+///    account by its row, a Cloudreve account by an advisory lock, so that Cloudreve's own writes to
+///    its row never wait on resetmail), so that jobs for one account are decided one batch at a
+///    time. With notices on, the addresses of those jobs with no account are locked next (advisory
 ///    locks on their ASCII-lower-cased form, in address order).
 /// 3. In a statement of its own (so that it sees what the previous holder of those locks
 ///    committed), the accounts' sent emails and live reservations are counted (and the addresses'
 ///    notices, likewise).
-/// 4. Each leased job is decided in request order (expired, unknown, banned, inactive, throttled,
-///    send, or notice), and the decisions are stored.
+/// 4. Each job is decided in request order (expired, unknown, banned, inactive, throttled, send,
+///    or notice), and each row is written once with its decision and, for a send, its lease and
+///    reservation: inserted for a new job, updated for one leased again. A new job whose row
+///    another delivery inserted meanwhile (the same job delivered twice at once) is busy.
 ///
 /// A job twice in `requests` is claimed once; its second request is [`Claim::Busy`].
 pub async fn claim(
@@ -103,85 +106,34 @@ pub async fn claim(
         .collect();
     let mut tx = connection.begin().await?;
 
-    let rows = sqlx::query!(
-        r#"INSERT INTO deliveries AS d
-             (job_id, correlation_id, email, requested_at, attempts, first_attempt_at,
-              last_attempt_at, lease_id, lease_until)
-         SELECT job_id, correlation_id, email, requested_at, 1, now(), now(), lease_id,
-                now() + make_interval(secs => $6)
-         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[])
-              AS input(job_id, correlation_id, email, requested_at, lease_id)
-         ORDER BY job_id
-         ON CONFLICT (job_id) DO UPDATE SET
-             attempts = d.attempts + 1,
-             first_attempt_at = coalesce(d.first_attempt_at, now()),
-             last_attempt_at = now(),
-             lease_id = excluded.lease_id,
-             lease_until = excluded.lease_until,
-             -- A lease taken over drops the reservation of the delivery that died holding it.
-             reserved_at = NULL
-         -- Only a pending job with no live lease is taken; any other stays as it is, but locked.
-         WHERE d.outcome = 'pending' AND NOT coalesce(d.lease_until > now(), false)
-         RETURNING job_id, outcome AS "outcome: Outcome", (xmax = 0) AS "inserted!", lease_id"#,
+    let existing = sqlx::query!(
+        r#"SELECT job_id, outcome AS "outcome: Outcome",
+                  coalesce(lease_until > now(), false) AS "leased!"
+           FROM deliveries WHERE job_id = ANY($1)
+           ORDER BY job_id
+           FOR NO KEY UPDATE"#,
         &unique.iter().map(|r| r.job.job_id).collect::<Vec<_>>(),
-        &unique
-            .iter()
-            .map(|r| r.job.correlation_id)
-            .collect::<Vec<_>>(),
-        &unique
-            .iter()
-            .map(|r| r.job.email.as_str().to_owned())
-            .collect::<Vec<_>>(),
-        &unique
-            .iter()
-            .map(|r| r.job.requested_at)
-            .collect::<Vec<_>>(),
-        &unique.iter().map(|r| r.lease_id).collect::<Vec<_>>(),
-        rules.lease.as_secs_f64(),
     )
     .fetch_all(&mut *tx)
     .await?;
-    let mut rows: HashMap<Uuid, (Outcome, bool, Option<Uuid>)> = rows
+    let existing: HashMap<Uuid, (Outcome, bool)> = existing
         .into_iter()
-        .map(|row| (row.job_id, (row.outcome, row.inserted, row.lease_id)))
+        .map(|row| (row.job_id, (row.outcome, row.leased)))
         .collect();
-    // The jobs not taken (decided already, or leased by another delivery), as they stand.
-    let untaken: Vec<Uuid> = unique
-        .iter()
-        .map(|request| request.job.job_id)
-        .filter(|job_id| !rows.contains_key(job_id))
-        .collect();
-    if !untaken.is_empty() {
-        let found = sqlx::query!(
-            r#"SELECT job_id, outcome AS "outcome: Outcome", lease_id
-               FROM deliveries WHERE job_id = ANY($1)"#,
-            &untaken,
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        rows.extend(
-            found
-                .into_iter()
-                .map(|row| (row.job_id, (row.outcome, false, row.lease_id))),
-        );
-    }
 
-    // The jobs this batch leased, and whether each is at its first attempt.
+    // The jobs to lease, and whether each is new (so at its first attempt).
     let mut leased = Vec::new();
     let mut answers: HashMap<Uuid, Claim> = HashMap::new();
     for request in &unique {
-        let Some((outcome, inserted, lease)) = rows.get(&request.job.job_id) else {
-            return Err(sqlx::Error::Protocol(format!(
-                "the claim returned no row for job {}",
-                request.job.job_id
-            )));
-        };
-        if outcome.is_final() {
-            answers.insert(request.job.job_id, Claim::Duplicate(*outcome));
-        } else if *lease != Some(request.lease_id) {
-            answers.insert(request.job.job_id, Claim::Busy);
-        } else {
-            leased.push((*request, *inserted));
+        match existing.get(&request.job.job_id) {
+            None => leased.push((*request, true)),
+            Some((outcome, _)) if outcome.is_final() => {
+                answers.insert(request.job.job_id, Claim::Duplicate(*outcome));
+            }
+            Some((_, true)) => {
+                answers.insert(request.job.job_id, Claim::Busy);
+            }
+            Some((_, false)) => leased.push((*request, false)),
         }
     }
 
@@ -300,7 +252,7 @@ pub async fn claim(
                 Outcome::Expired => None,
                 _ => user.map(|user| user.id),
             };
-            decided.push(job.job_id, outcome, user_id);
+            decided.push(request, *first, outcome, user_id);
             answers.insert(
                 job.job_id,
                 match (outcome, user) {
@@ -310,24 +262,11 @@ pub async fn claim(
                 },
             );
         }
-        sqlx::query!(
-            "UPDATE deliveries AS d SET
-                 outcome = decided.outcome,
-                 user_id = decided.user_id,
-                 reserved_at = CASE WHEN decided.outcome = 'pending' THEN now() END,
-                 lease_id = CASE WHEN decided.outcome = 'pending' THEN d.lease_id END,
-                 lease_until = CASE WHEN decided.outcome = 'pending' THEN d.lease_until END,
-                 updated_at = now()
-             FROM unnest($1::uuid[], $2::delivery_outcome[], $3::int8[])
-                  AS decided(job_id, outcome, user_id)
-             WHERE d.job_id = decided.job_id",
-            &decided.job_ids,
-            decided.outcomes.as_slice() as &[Outcome],
-            // Elements may be NULL, which the macro's parameter types cannot say.
-            &decided.user_ids as _,
-        )
-        .execute(&mut *tx)
-        .await?;
+        decided.store(&mut tx, rules.lease).await?;
+        // A new job another delivery inserted first is that delivery's.
+        for job_id in decided.lost {
+            answers.insert(job_id, Claim::Busy);
+        }
     }
     tx.commit().await?;
 
@@ -344,19 +283,112 @@ pub async fn claim(
         .collect())
 }
 
-/// The decisions of a batch, as the arrays of one statement.
+/// The decisions of a batch: the rows to insert (new jobs) and to update (jobs leased again), as
+/// the arrays of one statement each.
 #[derive(Default)]
 struct Decisions {
+    new: DecisionRows,
+    again: DecisionRows,
+    /// The new jobs whose row another delivery inserted first, once stored.
+    lost: Vec<Uuid>,
+}
+
+#[derive(Default)]
+struct DecisionRows {
     job_ids: Vec<Uuid>,
+    correlation_ids: Vec<Uuid>,
+    emails: Vec<String>,
+    requested_at: Vec<OffsetDateTime>,
+    lease_ids: Vec<Uuid>,
     outcomes: Vec<Outcome>,
     user_ids: Vec<Option<i64>>,
 }
 
 impl Decisions {
-    fn push(&mut self, job_id: Uuid, outcome: Outcome, user_id: Option<i64>) {
-        self.job_ids.push(job_id);
-        self.outcomes.push(outcome);
-        self.user_ids.push(user_id);
+    fn push(&mut self, request: &ClaimRequest, new: bool, outcome: Outcome, user_id: Option<i64>) {
+        let rows = if new { &mut self.new } else { &mut self.again };
+        let job = &request.job;
+        rows.job_ids.push(job.job_id);
+        if new {
+            rows.correlation_ids.push(job.correlation_id);
+            rows.emails.push(job.email.as_str().to_owned());
+            rows.requested_at.push(job.requested_at);
+        }
+        rows.lease_ids.push(request.lease_id);
+        rows.outcomes.push(outcome);
+        rows.user_ids.push(user_id);
+    }
+
+    /// Writes every decided row once: a pending one with its lease and reservation, a decided one
+    /// without; then notes in [`Decisions::lost`] the new jobs another delivery inserted first.
+    async fn store(&mut self, connection: &mut PgConnection, lease: Duration) -> sqlx::Result<()> {
+        let lease = lease.as_secs_f64();
+        if !self.new.job_ids.is_empty() {
+            let rows = &self.new;
+            let inserted = sqlx::query_scalar!(
+                "INSERT INTO deliveries
+                     (job_id, correlation_id, email, requested_at, attempts, first_attempt_at,
+                      last_attempt_at, outcome, user_id, lease_id, lease_until, reserved_at)
+                 SELECT job_id, correlation_id, email, requested_at, 1, now(), now(), outcome,
+                        user_id,
+                        CASE WHEN outcome = 'pending' THEN lease_id END,
+                        CASE WHEN outcome = 'pending' THEN now() + make_interval(secs => $8) END,
+                        CASE WHEN outcome = 'pending' THEN now() END
+                 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[],
+                             $6::delivery_outcome[], $7::int8[])
+                      AS input(job_id, correlation_id, email, requested_at, lease_id, outcome,
+                               user_id)
+                 ORDER BY job_id
+                 ON CONFLICT (job_id) DO NOTHING
+                 RETURNING job_id",
+                &rows.job_ids,
+                &rows.correlation_ids,
+                &rows.emails,
+                &rows.requested_at,
+                &rows.lease_ids,
+                rows.outcomes.as_slice() as &[Outcome],
+                // Elements may be NULL, which the macro's parameter types cannot say.
+                &rows.user_ids as _,
+                lease,
+            )
+            .fetch_all(&mut *connection)
+            .await?;
+            let inserted: HashSet<Uuid> = inserted.into_iter().collect();
+            self.lost = rows
+                .job_ids
+                .iter()
+                .filter(|job_id| !inserted.contains(job_id))
+                .copied()
+                .collect();
+        }
+        if !self.again.job_ids.is_empty() {
+            let rows = &self.again;
+            sqlx::query!(
+                "UPDATE deliveries AS d SET
+                     attempts = d.attempts + 1,
+                     first_attempt_at = coalesce(d.first_attempt_at, now()),
+                     last_attempt_at = now(),
+                     outcome = input.outcome,
+                     user_id = input.user_id,
+                     lease_id = CASE WHEN input.outcome = 'pending' THEN input.lease_id END,
+                     lease_until = CASE WHEN input.outcome = 'pending'
+                                        THEN now() + make_interval(secs => $5) END,
+                     reserved_at = CASE WHEN input.outcome = 'pending' THEN now() END,
+                     updated_at = now()
+                 FROM unnest($1::uuid[], $2::uuid[], $3::delivery_outcome[], $4::int8[])
+                      AS input(job_id, lease_id, outcome, user_id)
+                 WHERE d.job_id = input.job_id",
+                &rows.job_ids,
+                &rows.lease_ids,
+                rows.outcomes.as_slice() as &[Outcome],
+                // Elements may be NULL, which the macro's parameter types cannot say.
+                &rows.user_ids as _,
+                lease,
+            )
+            .execute(&mut *connection)
+            .await?;
+        }
+        Ok(())
     }
 }
 
