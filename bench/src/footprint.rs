@@ -21,8 +21,8 @@ use crate::load::HttpClient;
 
 /// Statements of one claim transaction in the bench, where every job of a batch is new to the
 /// database, accounts are built-in and notices are off (`shared/src/db/claims.rs`): `BEGIN`, the
-/// `INSERT … ON CONFLICT` that leases the jobs, the accounts' `SELECT … FOR NO KEY UPDATE`, the
-/// counts' `SELECT`, the decisions' `UPDATE`, `COMMIT`.
+/// jobs' rows' `SELECT … FOR NO KEY UPDATE` (none yet), the accounts' `SELECT … FOR NO KEY
+/// UPDATE`, the counts' `SELECT`, the decided rows' `INSERT`, `COMMIT`.
 pub const CLAIM_STATEMENTS: f64 = 6.0;
 
 /// A record is one statement, its own transaction (`claims::record`).

@@ -267,31 +267,48 @@ pub async fn open_loop(
     prefix: &str,
     rate: f64,
     total: usize,
-) -> (Instant, usize) {
+) -> OpenLoop {
     let start = Instant::now() + Duration::from_millis(50);
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for mut client in clients {
         let (next, prefix) = (Arc::clone(&next), prefix.to_owned());
         tasks.spawn(async move {
-            let mut failed = 0;
+            let mut answered = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
-                    return failed;
+                    return answered;
                 }
                 tokio::time::sleep_until(due(start, rate, i).into()).await;
-                if !client.reset(&format!("{prefix}{i}@bench.example")).await {
-                    failed += 1;
+                if client.reset(&format!("{prefix}{i}@bench.example")).await {
+                    answered.push((i, Instant::now()));
                 }
             }
         });
     }
-    let mut failed = 0;
+    let mut answered = vec![None; total];
     while let Some(Ok(more)) = tasks.join_next().await {
-        failed += more;
+        for (i, at) in more {
+            answered[i] = Some(at);
+        }
     }
-    (start, failed)
+    OpenLoop { start, answered }
+}
+
+/// What an [`open_loop`] did.
+pub struct OpenLoop {
+    /// When its first request was due.
+    pub start: Instant,
+    /// When each request was answered code 0, by its index; `None` when it was not.
+    pub answered: Vec<Option<Instant>>,
+}
+
+impl OpenLoop {
+    /// Requests not answered code 0.
+    pub fn failed(&self) -> usize {
+        self.answered.iter().filter(|at| at.is_none()).count()
+    }
 }
 
 /// When request `i` of an open loop that started at `start` was due.

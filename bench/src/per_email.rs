@@ -97,8 +97,9 @@ pub fn print(report: &Report) {
         );
     }
     println!(
-        "  stmts = {CLAIM_STATEMENTS:.0} per claim transaction (BEGIN, INSERT … ON CONFLICT, the \
-         accounts' SELECT … FOR NO KEY UPDATE, the counts' SELECT, the decisions' UPDATE, COMMIT) \
+        "  stmts = {CLAIM_STATEMENTS:.0} per claim transaction (BEGIN, the rows' SELECT … FOR NO KEY \
+         UPDATE, the accounts' SELECT … FOR NO KEY UPDATE, the counts' SELECT, the decided rows' \
+         INSERT, COMMIT) \
          + {RECORD_STATEMENTS:.0} per record, counted by the worker \
          (resetmail_worker_db_transactions_total); pg_stat_statements is {}",
         if report.pg_stat_statements {

@@ -243,6 +243,11 @@ impl Report {
             e.failed,
             e.missing
         );
+        println!(
+            "  of which: request due → api answered (publish confirmed) p50 {:.2} ms, p99 {:.2} ms; \
+             api answered → email accepted p50 {:.2} ms, p99 {:.2} ms",
+            e.answered_p50_ms, e.answered_p99_ms, e.after_answer_p50_ms, e.after_answer_p99_ms
+        );
         let m = &self.memory;
         println!(
             "peak RSS: api {:.1} MB (target < 40: {}), worker at defaults {:.1} MB; worker with \
@@ -323,6 +328,10 @@ impl Report {
                 "never_emailed": e.missing,
                 "p50_ms": round(e.p50_ms),
                 "p99_ms": round(e.p99_ms),
+                "answered_p50_ms": round(e.answered_p50_ms),
+                "answered_p99_ms": round(e.answered_p99_ms),
+                "after_answer_p50_ms": round(e.after_answer_p50_ms),
+                "after_answer_p99_ms": round(e.after_answer_p99_ms),
             },
             "per_email": per_email::json(self),
             "memory": run_json(&self.memory),

@@ -304,8 +304,15 @@ pub struct EndToEnd {
     pub requests: usize,
     pub failed: usize,
     pub missing: usize,
+    /// From each request's due time to the sink's `250` for its email.
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The api's share: from the due time to the api's answer (publish confirmed).
+    pub answered_p50_ms: f64,
+    pub answered_p99_ms: f64,
+    /// The worker's share: from the api's answer to the sink's `250`.
+    pub after_answer_p50_ms: f64,
+    pub after_answer_p99_ms: f64,
 }
 
 /// Requests for fresh accounts at half of min(`api_peak`, `worker_rate`) for `seconds`, open loop,
@@ -337,7 +344,8 @@ pub async fn end_to_end(
     let pid = run.spawn("resetmail-worker", "worker-e2e.log", &env)?;
     run::wait_until_ready(health).await?;
     let clients = run::http_clients(api, 64, "unused").await?;
-    let (start, failed) = load::open_loop(clients, "e", rate, requests).await;
+    let sent = load::open_loop(clients, "e", rate, requests).await;
+    let failed = sent.failed();
     if !sink.reached(requests - failed, limit).await {
         eprintln!(
             "the SMTP sink accepted {} of {} messages within {limit:?}",
@@ -347,16 +355,27 @@ pub async fn end_to_end(
     }
     run.stop(pid).await;
     run.purge_all().await?;
-    let mut latencies = Vec::with_capacity(requests);
+    let (mut latencies, mut answering, mut after_answer) = (Vec::new(), Vec::new(), Vec::new());
     let mut missing = 0;
     let accepted = sink.accepted_at();
-    for i in 0..requests {
+    for (i, answered) in sent.answered.iter().enumerate() {
+        let due = load::due(sent.start, rate, i);
+        if let Some(answered) = answered {
+            answering.push(answered.saturating_duration_since(due));
+        }
         match accepted.get(&format!("e{i}@bench.example")).copied() {
-            Some(at) => latencies.push(at.saturating_duration_since(load::due(start, rate, i))),
+            Some(at) => {
+                latencies.push(at.saturating_duration_since(due));
+                if let Some(answered) = answered {
+                    after_answer.push(at.saturating_duration_since(*answered));
+                }
+            }
             None => missing += 1,
         }
     }
-    latencies.sort_unstable();
+    for durations in [&mut latencies, &mut answering, &mut after_answer] {
+        durations.sort_unstable();
+    }
     Ok(EndToEnd {
         settings,
         api_peak,
@@ -367,6 +386,10 @@ pub async fn end_to_end(
         missing,
         p50_ms: load::percentile_ms(&latencies, 0.50),
         p99_ms: load::percentile_ms(&latencies, 0.99),
+        answered_p50_ms: load::percentile_ms(&answering, 0.50),
+        answered_p99_ms: load::percentile_ms(&answering, 0.99),
+        after_answer_p50_ms: load::percentile_ms(&after_answer, 0.50),
+        after_answer_p99_ms: load::percentile_ms(&after_answer, 0.99),
     })
 }
 
