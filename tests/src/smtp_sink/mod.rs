@@ -319,7 +319,8 @@ impl SmtpSink {
         self.shared.attempts.load(Ordering::SeqCst)
     }
 
-    /// The number of TCP connections accepted so far, including those refused with `421` while down.
+    /// The number of TCP connections accepted (since the last [`SmtpSink::reset`]), including
+    /// those refused with `421` while down.
     pub fn connections(&self) -> u32 {
         self.shared.connections.load(Ordering::SeqCst)
     }
@@ -344,7 +345,7 @@ impl SmtpSink {
         self.shared.open.load(Ordering::SeqCst)
     }
 
-    /// The most connections open at once so far.
+    /// The most connections open at once (since the last [`SmtpSink::reset`]).
     pub fn peak_connections(&self) -> u32 {
         self.shared.peak_open.load(Ordering::SeqCst)
     }
@@ -398,6 +399,12 @@ impl SmtpSink {
     pub fn set_delay(&self, delay: Duration) {
         let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
         self.shared.delay_us.store(micros, Ordering::SeqCst);
+    }
+
+    /// Completed messages waiting for their reply now (see [`SmtpSink::set_delay`] and
+    /// [`SmtpSink::hold`]).
+    pub fn waiting(&self) -> u32 {
+        self.shared.waiting.load(Ordering::SeqCst)
     }
 
     /// The most completed messages that waited for their reply at once (see
