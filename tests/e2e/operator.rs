@@ -566,11 +566,20 @@ async fn the_worker_serves_health_readiness_and_its_job_metrics() {
     health.set_consuming(true);
     let (status, body) = get("/readyz").await;
     assert_eq!(status, 200, "{body}");
-    let (status, metrics) = get("/metrics").await;
-    assert_eq!(status, 200);
+    // The job's last series is written once it is settled, a moment after its record committed.
+    let metrics = eventually("the job to be settled", PATIENCE, || async {
+        let (status, metrics) = get("/metrics").await;
+        assert_eq!(status, 200);
+        metrics
+            .contains("resetmail_worker_job_seconds_count 1")
+            .then_some(metrics)
+    })
+    .await;
     for expected in [
         r#"resetmail_worker_jobs_total{outcome="sent"} 1"#,
         "resetmail_worker_send_seconds_bucket",
+        r#"resetmail_worker_db_wait_seconds_count{kind="claim"} 1"#,
+        r#"resetmail_worker_db_wait_seconds_count{kind="record"} 1"#,
         "resetmail_worker_jobs_in_flight 0",
     ] {
         assert!(metrics.contains(expected), "no `{expected}` in:\n{metrics}");

@@ -530,6 +530,65 @@ async fn an_account_gets_one_email_per_cooldown_however_many_jobs_arrive() {
 }
 
 #[tokio::test]
+async fn a_claim_waiting_on_a_locked_account_holds_up_no_other_job() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let worker = TestWorker::start(worker_config(
+        &db.config,
+        &broker.config,
+        &sink,
+        &["--concurrency", "8"],
+    ));
+    let others: Vec<String> = (0..5).map(|i| format!("user{i}@example.com")).collect();
+    for address in others
+        .iter()
+        .map(String::as_str)
+        .chain(["stuck@example.com"])
+    {
+        db.add_user(address, None, None, UserStatus::Active).await;
+    }
+    // Another session holds the account's row (an operator's long transaction, say): the claim of
+    // its job waits for it, and the batch that claim is in with it.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE email = 'stuck@example.com' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let stuck = job_for("stuck@example.com");
+    publish(&broker, &stuck).await;
+    eventually(
+        "the claim to wait for the account's row",
+        PATIENCE,
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+
+    let jobs: Vec<_> = others.iter().map(|address| job_for(address)).collect();
+    for job in &jobs {
+        publish(&broker, job).await;
+    }
+    for job in &jobs {
+        assert_eq!(decided(&db, job.job_id).await.outcome, Outcome::Sent);
+    }
+    assert_eq!(sink.received().len(), jobs.len(), "the row is still held");
+
+    holder.rollback().await.unwrap();
+    assert_eq!(decided(&db, stuck.job_id).await.outcome, Outcome::Sent);
+    assert_eq!(sink.received().len(), jobs.len() + 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn an_account_gets_at_most_its_daily_maximum() {
     let Setup {
         db,

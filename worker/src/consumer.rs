@@ -263,6 +263,7 @@ async fn drain(tracker: &TaskTracker, limit: Duration) {
 }
 
 async fn process(session: Arc<Session>, delivery: Delivery) {
+    let arrived = std::time::Instant::now();
     let in_flight = metrics::gauge!("resetmail_worker_jobs_in_flight");
     in_flight.increment(1.0);
     let attempt = Attempt::of(&delivery);
@@ -316,5 +317,6 @@ async fn process(session: Arc<Session>, delivery: Delivery) {
     }
     .instrument(span)
     .await;
+    metrics::histogram!("resetmail_worker_job_seconds").record(arrived.elapsed().as_secs_f64());
     in_flight.decrement(1.0);
 }

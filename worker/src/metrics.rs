@@ -69,13 +69,25 @@ pub fn register(retry_steps: usize) {
         "resetmail_worker_db_batch_jobs",
         "Jobs whose claims and records one lane's batch carried"
     );
+    metrics::describe_histogram!(
+        "resetmail_worker_db_wait_seconds",
+        metrics::Unit::Seconds,
+        "From a job asking for its claim or its record to the answer: waiting for a lane, then the batch's statements"
+    );
+    metrics::describe_histogram!(
+        "resetmail_worker_job_seconds",
+        metrics::Unit::Seconds,
+        "One delivery, from its arrival to its settlement (ack, nack or copy confirmed)"
+    );
     metrics::describe_counter!(
         "resetmail_worker_db_transactions_total",
         "Transactions of the jobs' lanes: a batch's claim transaction (each try) and its record statement"
     );
     for kind in ["claim", "record"] {
         metrics::counter!("resetmail_worker_db_transactions_total", "kind" => kind).increment(0);
+        let _registered = metrics::histogram!("resetmail_worker_db_wait_seconds", "kind" => kind);
     }
+    let _registered = metrics::histogram!("resetmail_worker_job_seconds");
     metrics::gauge!("resetmail_worker_jobs_in_flight").increment(0.0);
     metrics::gauge!("resetmail_worker_consuming").increment(0.0);
 }
