@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use mail_parser::{MessageParser, MimeHeaders};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -26,6 +26,10 @@ mod tests;
 
 /// The name the sink gives itself in its greeting and its EHLO reply.
 const SERVER_NAME: &str = "resetmail-sink";
+
+/// Connections the kernel may complete before the sink accepts them (capped by
+/// `net.core.somaxconn`).
+const ACCEPT_BACKLOG: u32 = 4096;
 
 /// The largest message the sink accepts, advertised as `SIZE` in the EHLO reply.
 pub const MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
@@ -178,9 +182,15 @@ impl Shared {
 impl SmtpSink {
     /// Binds `127.0.0.1:0` and starts serving SMTP; panics if it cannot bind.
     pub async fn start() -> SmtpSink {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap_or_else(|e| panic!("SMTP sink: cannot bind 127.0.0.1:0: {e}"));
+        let listener = TcpSocket::new_v4()
+            .and_then(|socket| {
+                socket.bind((Ipv4Addr::LOCALHOST, 0).into())?;
+                // Room for a worker that opens a thousand connections at once: with the usual
+                // 1,024 the kernel drops the handshakes that overflow the queue, and each such
+                // client waits for a greeting until its timeout.
+                socket.listen(ACCEPT_BACKLOG)
+            })
+            .unwrap_or_else(|e| panic!("SMTP sink: cannot listen on 127.0.0.1:0: {e}"));
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("SMTP sink: no local address: {e}"));
