@@ -246,6 +246,72 @@ impl WorkerCounters {
     }
 }
 
+/// Where a worker's time per job went, from its histograms.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JobStages {
+    /// From a delivery's arrival to its settlement (`resetmail_worker_job_seconds`).
+    pub job: Histogram,
+    /// Asking for the claim until its answer, and for the record (`…_db_wait_seconds`).
+    pub claim: Histogram,
+    pub record: Histogram,
+    /// The SMTP send (`resetmail_worker_send_seconds`).
+    pub send: Histogram,
+}
+
+/// A histogram's sum and count.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Histogram {
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl Histogram {
+    fn from_text(text: &str, name: &str, labels: &[&str]) -> Self {
+        Self {
+            sum: series_sum(text, &format!("{name}_sum"), labels),
+            count: series_sum(text, &format!("{name}_count"), labels),
+        }
+    }
+
+    /// The mean in milliseconds of what was recorded; 0 when nothing was.
+    pub fn mean_ms(&self) -> f64 {
+        if self.count > 0.0 {
+            self.sum / self.count * 1e3
+        } else {
+            0.0
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            sum: self.sum - before.sum,
+            count: self.count - before.count,
+        }
+    }
+}
+
+impl JobStages {
+    pub fn from_text(text: &str) -> Self {
+        let db = "resetmail_worker_db_wait_seconds";
+        Self {
+            job: Histogram::from_text(text, "resetmail_worker_job_seconds", &[]),
+            claim: Histogram::from_text(text, db, &["kind=\"claim\""]),
+            record: Histogram::from_text(text, db, &["kind=\"record\""]),
+            send: Histogram::from_text(text, "resetmail_worker_send_seconds", &[]),
+        }
+    }
+
+    /// What was recorded after `before`.
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            job: self.job.since(&before.job),
+            claim: self.claim.since(&before.claim),
+            record: self.record.since(&before.record),
+            send: self.send.since(&before.send),
+        }
+    }
+}
+
 /// Scrapes the worker at `addr` until it has handled `jobs` deliveries (its last records are
 /// then done) or 5 s passed; the last scrape.
 pub async fn worker_counters(addr: SocketAddr, jobs: usize) -> Option<WorkerCounters> {
@@ -383,6 +449,33 @@ resetmail_worker_db_batch_jobs_count 150
         assert_eq!(counters.publishes, 3.0);
         assert_eq!(counters.statements(), 100.0 * 6.0 + 90.0);
         assert_eq!((counters.batches, counters.batch_jobs), (150.0, 4000.0));
+    }
+
+    #[test]
+    fn a_stage_is_the_mean_of_its_histogram_since_a_reading() {
+        let text = "resetmail_worker_job_seconds_sum 3
+resetmail_worker_job_seconds_count 100
+resetmail_worker_db_wait_seconds_bucket{kind=\"claim\",le=\"0.01\"} 40
+resetmail_worker_db_wait_seconds_sum{kind=\"claim\"} 0.5
+resetmail_worker_db_wait_seconds_count{kind=\"claim\"} 100
+resetmail_worker_db_wait_seconds_sum{kind=\"record\"} 0.2
+resetmail_worker_db_wait_seconds_count{kind=\"record\"} 100
+resetmail_worker_send_seconds_sum 0
+resetmail_worker_send_seconds_count 0
+";
+        let stages = JobStages::from_text(text);
+        let means = |stages: &JobStages| {
+            [stages.job, stages.claim, stages.record, stages.send].map(|h| h.mean_ms())
+        };
+        assert_eq!(means(&stages), [30.0, 5.0, 2.0, 0.0]);
+        let before = JobStages {
+            claim: Histogram {
+                sum: 0.3,
+                count: 60.0,
+            },
+            ..JobStages::default()
+        };
+        assert_eq!(means(&stages.since(&before)), [30.0, 5.0, 2.0, 0.0]);
     }
 
     #[test]

@@ -258,6 +258,9 @@ pub async fn publish_jobs(
     Ok(())
 }
 
+/// How long after [`open_loop`] is called its first request is due.
+pub const OPEN_LOOP_LEAD: Duration = Duration::from_millis(50);
+
 /// An open loop: request `i` (address `{prefix}{i}@bench.example`) is due at `start + i / rate`
 /// whatever happened to the others, sent on the first free connection. Returns when each was due
 /// (latencies count from there, so a slow answer cannot hide the requests queued behind it) and
@@ -268,7 +271,7 @@ pub async fn open_loop(
     rate: f64,
     total: usize,
 ) -> OpenLoop {
-    let start = Instant::now() + Duration::from_millis(50);
+    let start = Instant::now() + OPEN_LOOP_LEAD;
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for mut client in clients {

@@ -6,10 +6,12 @@
 //! prefix of its own and removes both at the end. `scripts/bench.sh` builds and runs it;
 //! `docs/BENCHMARKS.md` says what each phase measures.
 //! Knobs (environment): `BENCH_SECONDS` (3, measured seconds per api run), `BENCH_ROUNDS` (3,
-//! api runs per kind and concurrency; medians are reported), `BENCH_JOBS` (2000, jobs of each
-//! worker run whose sink answers at once), `BENCH_RELAY_JOBS` (5000, jobs of the run behind the
+//! api runs per kind and concurrency; medians are reported), `BENCH_JOBS` (10000, jobs of each
+//! worker run whose sink answers at once), `BENCH_RELAY_JOBS` (20000, jobs of the run behind the
 //! relay's latency), `BENCH_E2E_SECONDS` (5), `BENCH_RUN_LIMIT` (60, seconds a worker run may
-//! take before it is reported as unfinished).
+//! take before it is reported as unfinished), `BENCH_E2E_RATE` (unset; when set, only the end to
+//! end phase runs, at this many req/s, with the relay settings: for comparing two builds' paths
+//! at one rate).
 
 mod api;
 mod baselines;
@@ -30,7 +32,7 @@ use footprint::{ApiCounters, ApiFootprint, Counters};
 use report::Report;
 use resetmail_testkit::smtp_sink::SmtpSink;
 use run::Run;
-use worker::{IN_FLIGHT, Plan, Settings};
+use worker::{EndToEnd, IN_FLIGHT, Pace, Plan, Settings};
 
 /// The relay's latency of the slow relay run: the sink answers each message this long after its
 /// final dot.
@@ -47,6 +49,7 @@ pub struct Options {
     jobs: usize,
     relay_jobs: usize,
     e2e_seconds: f64,
+    e2e_rate: Option<f64>,
     run_limit: Duration,
     database_server: String,
     amqp_url: String,
@@ -65,9 +68,13 @@ impl Options {
         Ok(Self {
             seconds: number("BENCH_SECONDS", 3.0)?,
             rounds: number("BENCH_ROUNDS", 3)?,
-            jobs: number("BENCH_JOBS", 2000)?,
-            relay_jobs: number("BENCH_RELAY_JOBS", 5000)?,
+            jobs: number("BENCH_JOBS", 10_000)?,
+            relay_jobs: number("BENCH_RELAY_JOBS", 20_000)?,
             e2e_seconds: number("BENCH_E2E_SECONDS", 5.0)?,
+            e2e_rate: match std::env::var("BENCH_E2E_RATE") {
+                Ok(_) => Some(number("BENCH_E2E_RATE", 0.0)?),
+                Err(_) => None,
+            },
             run_limit: Duration::from_secs_f64(number("BENCH_RUN_LIMIT", 60.0)?),
             database_server: std::env::var("DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
@@ -77,8 +84,14 @@ impl Options {
     }
 }
 
-/// Every phase, in order: the api, the baselines, the worker runs, end to end.
-async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
+/// What a run measured: every phase, or the end to end phase alone (`BENCH_E2E_RATE`).
+enum Measured {
+    Everything(Box<Report>),
+    EndToEnd(EndToEnd),
+}
+
+/// Starts the api, ready for the load; answers its address and pid.
+async fn start_api(run: &mut Run) -> anyhow::Result<(std::net::SocketAddr, u32)> {
     let api_addr = run::free_port()?;
     let api_pid = run.spawn(
         "resetmail-api",
@@ -91,6 +104,28 @@ async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
         ],
     )?;
     run::wait_until_ready(api_addr).await?;
+    Ok((api_addr, api_pid))
+}
+
+/// The end to end phase alone, at `rate`.
+async fn end_to_end_only(run: &mut Run, options: &Options, rate: f64) -> anyhow::Result<EndToEnd> {
+    let (api_addr, _) = start_api(run).await?;
+    let sink = SmtpSink::start().await;
+    worker::end_to_end(
+        run,
+        &sink,
+        api_addr,
+        Settings::RELAY,
+        Pace::Fixed(rate),
+        options.e2e_seconds,
+        options.run_limit,
+    )
+    .await
+}
+
+/// Every phase, in order: the api, the baselines, the worker runs, end to end.
+async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
+    let (api_addr, api_pid) = start_api(run).await?;
     eprintln!("api ready; measuring the api against raw confirmed publishes");
     let mut counters = Counters::open(&run.admin_url, &run.name).await?;
     let pg_stat_statements = counters.statements_loaded().await;
@@ -162,7 +197,7 @@ async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
 
     // End to end with whichever settings drained more at 0 ms, at half of what both the api and
     // that worker can take, so that it measures the path and not a growing queue.
-    let worker_side = if relay_fast.finished && relay_fast.rate > default_run.rate {
+    let (settings, worker_rate) = if relay_fast.finished && relay_fast.rate > default_run.rate {
         (relay_fast.settings, relay_fast.rate)
     } else {
         (default_run.settings, default_run.rate)
@@ -172,8 +207,11 @@ async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
         run,
         &sink,
         api_addr,
-        worker_side,
-        api_peak,
+        settings,
+        Pace::Half {
+            api_peak,
+            worker_rate,
+        },
         options.e2e_seconds,
         limit,
     )
@@ -199,12 +237,24 @@ async fn bench(run: &mut Run, options: &Options) -> anyhow::Result<Report> {
 async fn main() -> anyhow::Result<()> {
     let options = Options::from_env()?;
     let mut run = Run::start(&options).await?;
-    let report = bench(&mut run, &options).await;
+    let measured = match options.e2e_rate {
+        Some(rate) => end_to_end_only(&mut run, &options, rate)
+            .await
+            .map(Measured::EndToEnd),
+        None => bench(&mut run, &options)
+            .await
+            .map(|report| Measured::Everything(Box::new(report))),
+    };
     let logs = run.log_dir.clone();
     run.cleanup().await;
-    match report {
-        Ok(report) => {
+    match measured {
+        Ok(Measured::Everything(report)) => {
             report.print();
+            Ok(())
+        }
+        Ok(Measured::EndToEnd(e2e)) => {
+            report::print_end_to_end(&e2e);
+            println!("{}", report::end_to_end_json(&e2e));
             Ok(())
         }
         Err(error) => Err(error.context(format!("the processes' logs are in {}", logs.display()))),

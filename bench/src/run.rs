@@ -265,7 +265,7 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
 
 /// Accounts `{prefix}0@bench.example` … `{prefix}{n-1}@bench.example`.
 pub async fn seed_accounts(pool: &PgPool, prefix: &str, n: usize) -> anyhow::Result<Vec<i64>> {
-    Ok(sqlx::query_scalar(
+    let ids = sqlx::query_scalar(
         "INSERT INTO users (email, nick)
          SELECT $1 || g || '@bench.example', 'Bench user ' || g FROM generate_series(0, $2 - 1) g
          RETURNING id",
@@ -273,7 +273,11 @@ pub async fn seed_accounts(pool: &PgPool, prefix: &str, n: usize) -> anyhow::Res
     .bind(prefix)
     .bind(n as i64)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    // A site's accounts have statistics; thousands inserted a moment ago have none until
+    // autovacuum comes by, and PostgreSQL would plan the worker's lookups for an empty table.
+    sqlx::query("ANALYZE users").execute(pool).await?;
+    Ok(ids)
 }
 
 /// The addresses [`seed_accounts`] made for `prefix`.
