@@ -31,12 +31,21 @@ async fn setup() -> Setup {
 
 /// The same, with `extra` worker flags.
 async fn setup_with(extra: &[&str]) -> Setup {
+    let mut flags = vec!["--concurrency", "1"];
+    flags.extend_from_slice(extra);
+    start(&flags).await
+}
+
+/// One worker handling up to eight jobs at once.
+async fn setup_parallel() -> Setup {
+    start(&["--concurrency", "8"]).await
+}
+
+async fn start(flags: &[&str]) -> Setup {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let sink = SmtpSink::start().await;
-    let mut flags = vec!["--concurrency", "1"];
-    flags.extend_from_slice(extra);
-    let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, &flags));
+    let worker = TestWorker::start(worker_config(&db.config, &broker.config, &sink, flags));
     Setup {
         db,
         broker,
@@ -496,16 +505,13 @@ async fn jobs_queued_while_the_mail_server_is_down_are_all_delivered_once_it_is_
 
 #[tokio::test]
 async fn an_account_gets_one_email_per_cooldown_however_many_jobs_arrive() {
-    let db = TestDb::new().await;
-    let broker = TestBroker::new().await;
-    let sink = SmtpSink::start().await;
     // Several jobs in parallel: the account's row lock makes them see each other's sends.
-    let worker = TestWorker::start(worker_config(
-        &db.config,
-        &broker.config,
-        &sink,
-        &["--concurrency", "8"],
-    ));
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup_parallel().await;
     db.add_user("jane@example.com", None, None, UserStatus::Active)
         .await;
     let jobs = [
@@ -531,15 +537,12 @@ async fn an_account_gets_one_email_per_cooldown_however_many_jobs_arrive() {
 
 #[tokio::test]
 async fn a_claim_waiting_on_a_locked_account_holds_up_no_other_job() {
-    let db = TestDb::new().await;
-    let broker = TestBroker::new().await;
-    let sink = SmtpSink::start().await;
-    let worker = TestWorker::start(worker_config(
-        &db.config,
-        &broker.config,
-        &sink,
-        &["--concurrency", "8"],
-    ));
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup_parallel().await;
     let others: Vec<String> = (0..5).map(|i| format!("user{i}@example.com")).collect();
     for address in others
         .iter()
