@@ -592,6 +592,43 @@ async fn a_claim_waiting_on_a_locked_account_holds_up_no_other_job() {
 }
 
 #[tokio::test]
+async fn a_claim_that_outlasts_its_job_s_patience_gives_its_lease_back() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let sink = SmtpSink::start().await;
+    let mut config = worker_config(&db.config, &broker.config, &sink, &["--concurrency", "8"]);
+    // A lease of 2 × 60 s + 5 s: a job whose next delivery had to wait for it would not be sent
+    // within the test's patience.
+    config.smtp_timeout = std::time::Duration::from_secs(60);
+    let worker = TestWorker::start(config);
+    db.add_user("slow@example.com", None, None, UserStatus::Active)
+        .await;
+    // The account's row held by another session for longer than a job waits for its claim: the
+    // job is put back and the worker pauses, while its claim still waits in PostgreSQL.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE email = 'slow@example.com' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let job = job_for("slow@example.com");
+    publish(&broker, &job).await;
+    let metrics = format!("http://{}/metrics", worker.addr);
+    eventually("the job to give up on its claim", PATIENCE, || async {
+        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        text.contains(r#"resetmail_worker_jobs_total{outcome="paused"} 1"#)
+            .then_some(())
+    })
+    .await;
+
+    // The claim goes through now, with no one to answer: its lease is given back, and the job's
+    // next delivery claims it at once.
+    holder.rollback().await.unwrap();
+    assert_eq!(decided(&db, job.job_id).await.outcome, Outcome::Sent);
+    assert_eq!(sink.received().len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn an_account_gets_at_most_its_daily_maximum() {
     let Setup {
         db,

@@ -317,8 +317,20 @@ async fn run(
         };
         match claimed {
             Ok(answers) => {
-                for (answer, claim) in claim_answers.into_iter().zip(answers) {
-                    let _ = answer.send(Ok(claim));
+                for ((answer, request), claim) in
+                    claim_answers.into_iter().zip(&claims).zip(answers)
+                {
+                    // A job that stopped waiting (its claim took longer than CLAIM_PATIENCE, and
+                    // it was put back) holds a lease no one will use: given back at once, so that
+                    // its next delivery need not wait for the lease to run out.
+                    if let Err(Ok(Claim::Send(_) | Claim::Notice)) = answer.send(Ok(claim)) {
+                        unsent.push(UnsentEmail {
+                            job_id: request.job.job_id,
+                            lease_id: request.lease_id,
+                            error: "claimed after the job stopped waiting for its claim".into(),
+                            give_up: false,
+                        });
+                    }
                 }
             }
             Err(error) => {
@@ -329,7 +341,7 @@ async fn run(
             }
         }
     }
-    if !record_answers.is_empty() {
+    if !record_answers.is_empty() || !unsent.is_empty() {
         let recorded = claims::record(connection, lanes.token_ttl, &sent, &unsent).await;
         metrics::counter!("resetmail_worker_db_transactions_total", "kind" => "record")
             .increment(1);
