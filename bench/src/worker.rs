@@ -193,6 +193,8 @@ pub async fn run_worker(
         run::emails(plan.prefix, plan.jobs),
     )
     .await?;
+    // The rows of the runs before are vacuumed now, not by autovacuum inside this run's window.
+    sqlx::query("VACUUM ANALYZE").execute(&run.pool).await?;
     sink.reset();
     sink.set_delay(plan.relay_delay);
     let watch = PgWatch::open(&run.admin_url, &run.name).await?;
