@@ -535,6 +535,17 @@ async fn an_account_gets_one_email_per_cooldown_however_many_jobs_arrive() {
     worker.stop().await;
 }
 
+/// A transaction of the test's own that holds the row of the account with `email` until it ends.
+async fn hold_account_row(db: &TestDb, email: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE email = $1 FOR UPDATE")
+        .bind(email)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
+}
+
 #[tokio::test]
 async fn a_claim_waiting_on_a_locked_account_holds_up_no_other_job() {
     let Setup {
@@ -553,11 +564,7 @@ async fn a_claim_waiting_on_a_locked_account_holds_up_no_other_job() {
     }
     // Another session holds the account's row (an operator's long transaction, say): the claim of
     // its job waits for it, and the batch that claim is in with it.
-    let mut holder = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM users WHERE email = 'stuck@example.com' FOR UPDATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_account_row(&db, "stuck@example.com").await;
     let stuck = job_for("stuck@example.com");
     publish(&broker, &stuck).await;
     eventually(
@@ -605,11 +612,7 @@ async fn a_claim_that_outlasts_its_job_s_patience_gives_its_lease_back() {
         .await;
     // The account's row held by another session for longer than a job waits for its claim: the
     // job is put back and the worker pauses, while its claim still waits in PostgreSQL.
-    let mut holder = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM users WHERE email = 'slow@example.com' FOR UPDATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_account_row(&db, "slow@example.com").await;
     let job = job_for("slow@example.com");
     publish(&broker, &job).await;
     let metrics = format!("http://{}/metrics", worker.addr);
