@@ -457,11 +457,10 @@ pub async fn end_to_end(
         pace,
         rate,
         requests,
-        failed: failed
-            - sent.answered[..warm]
-                .iter()
-                .filter(|at| at.is_none())
-                .count(),
+        failed: sent.answered[warm..]
+            .iter()
+            .filter(|at| at.is_none())
+            .count(),
         missing,
         warm_up_requests: warm,
         warm_up_p99_ms: load::percentile_ms(&warming, 0.99),

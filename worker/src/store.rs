@@ -100,12 +100,11 @@ struct Lanes {
 pub struct Store {
     queue: mpsc::UnboundedSender<Work>,
     lanes: Arc<Lanes>,
-    closed: CancellationToken,
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.closed.cancel();
+        self.lanes.closed.cancel();
     }
 }
 
@@ -119,7 +118,6 @@ impl Store {
         token_ttl: Duration,
     ) -> Self {
         let (queue, work) = mpsc::unbounded_channel();
-        let closed = CancellationToken::new();
         let shared = Arc::new(Lanes {
             options,
             accounts,
@@ -129,7 +127,7 @@ impl Store {
             running: AtomicUsize::new(0),
             changed: Notify::new(),
             last_refusal_log: Mutex::new(None),
-            closed: closed.clone(),
+            closed: CancellationToken::new(),
         });
         for _ in 0..lanes.max(1) {
             tokio::spawn(lane(shared.clone()));
@@ -137,7 +135,6 @@ impl Store {
         Self {
             queue,
             lanes: shared,
-            closed,
         }
     }
 
