@@ -2,10 +2,17 @@
 //! the rows of `pg_stat_activity` for the bench's database whose `client_port` is the local port of
 //! one of the worker process's TCP connections to the server. This needs no name from the worker
 //! (it sets no `application_name`) and cannot count the api's or the bench's own connections.
+//! Each backend is looked up in the worker's sockets once, when it first appears: reading a
+//! process's TCP table walks every socket on the machine (thousands of SMTP connections and
+//! `TIME_WAIT`s in a relay run), and doing that every sample took a tenth of the machine away from
+//! the worker it measured.
 //! Also names the `postgres` processes that work for other databases (the monitor's own among
 //! them), whose CPU is not the run's.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection, postgres::PgConnectOptions};
@@ -64,13 +71,16 @@ impl PgWatch {
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             let mut peak = PgPeak::default();
+            let mut backends = Backends::default();
             let mut interval = tokio::time::interval(PERIOD);
             loop {
                 tokio::select! {
                     _ = &mut stopped => break,
                     _ = interval.tick() => {}
                 }
-                if let Ok((open, busy)) = sample(&mut connection, &database, pid, server_port).await
+                if let Ok((open, busy)) = backends
+                    .sample(&mut connection, &database, pid, server_port)
+                    .await
                 {
                     peak.open = peak.open.max(open);
                     peak.busy = peak.busy.max(busy);
@@ -126,31 +136,54 @@ pub async fn other_work(
         .collect())
 }
 
-/// The worker's connections now, open and not idle.
-async fn sample(
-    connection: &mut PgConnection,
-    database: &str,
-    pid: u32,
-    server_port: u16,
-) -> sqlx::Result<(usize, usize)> {
-    let rows: Vec<(Option<i32>, Option<String>)> = sqlx::query_as(
-        "SELECT client_port, state FROM pg_stat_activity
-         WHERE datname = $1 AND backend_type = 'client backend'",
-    )
-    .bind(database)
-    .fetch_all(&mut *connection)
-    .await?;
-    let ports = procfs::local_ports_to(pid, server_port);
-    let mine = rows.iter().filter(|(port, _)| {
-        port.and_then(|port| u16::try_from(port).ok())
-            .is_some_and(|port| ports.contains(&port))
-    });
-    let (mut open, mut busy) = (0, 0);
-    for (_, state) in mine {
-        open += 1;
-        if state.as_deref() != Some("idle") {
-            busy += 1;
+/// The backends of the watched database seen so far, each with whether it serves the worker. A
+/// backend serves one client connection for its whole life, so one look at the worker's sockets
+/// when it first appears settles it (the client's side is established before the server starts
+/// the backend).
+#[derive(Default)]
+struct Backends {
+    workers: HashMap<i32, bool>,
+}
+
+impl Backends {
+    /// The worker's connections now, open and not idle.
+    async fn sample(
+        &mut self,
+        connection: &mut PgConnection,
+        database: &str,
+        pid: u32,
+        server_port: u16,
+    ) -> sqlx::Result<(usize, usize)> {
+        let rows: Vec<(i32, Option<i32>, Option<String>)> = sqlx::query_as(
+            "SELECT pid, client_port, state FROM pg_stat_activity
+             WHERE datname = $1 AND backend_type = 'client backend'",
+        )
+        .bind(database)
+        .fetch_all(&mut *connection)
+        .await?;
+        if rows
+            .iter()
+            .any(|(backend, _, _)| !self.workers.contains_key(backend))
+        {
+            let ports = procfs::local_ports_to(pid, server_port);
+            for (backend, port, _) in &rows {
+                let port = port.and_then(|port| u16::try_from(port).ok());
+                self.workers
+                    .entry(*backend)
+                    .or_insert_with(|| port.is_some_and(|port| ports.contains(&port)));
+            }
         }
+        let (mut open, mut busy) = (0, 0);
+        for state in rows
+            .iter()
+            .filter(|(backend, _, _)| self.workers.get(backend) == Some(&true))
+            .map(|(_, _, state)| state)
+        {
+            open += 1;
+            if state.as_deref() != Some("idle") {
+                busy += 1;
+            }
+        }
+        Ok((open, busy))
     }
-    Ok((open, busy))
 }
