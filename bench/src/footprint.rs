@@ -206,6 +206,9 @@ pub struct WorkerCounters {
     pub deliveries: f64,
     /// Of those, settled with an ack: all but `paused` and `requeued` (`worker/src/settle.rs`).
     pub acks: f64,
+    /// `basic.ack` frames that carried them (`resetmail_worker_ack_frames_total`): fewer than the
+    /// acks when one frame acks many.
+    pub ack_frames: f64,
     /// Copies the worker published: retries and dead letters.
     pub publishes: f64,
     /// Claim transactions (each try) and record statements (`resetmail_worker_db_transactions_total`).
@@ -230,6 +233,7 @@ impl WorkerCounters {
         Self {
             deliveries,
             acks: deliveries - jobs(&["outcome=\"paused\""]) - jobs(&["outcome=\"requeued\""]),
+            ack_frames: series_sum(text, "resetmail_worker_ack_frames_total", &[]),
             publishes: series_sum(text, "resetmail_worker_retries_total", &[])
                 + series_sum(text, "resetmail_worker_dead_letters_total", &[]),
             claim_transactions: transactions("claim"),
@@ -422,6 +426,7 @@ resetmail_worker_db_transactions_total{kind=\"record\"} 90
 resetmail_worker_db_batch_jobs{quantile=\"0.5\"} 20
 resetmail_worker_db_batch_jobs_sum 4000
 resetmail_worker_db_batch_jobs_count 150
+resetmail_worker_ack_frames_total 40
 ";
 
     #[test]
@@ -446,6 +451,7 @@ resetmail_worker_db_batch_jobs_count 150
         let counters = WorkerCounters::from_text(TEXT);
         assert_eq!(counters.deliveries, 2000.0);
         assert_eq!(counters.acks, 1990.0);
+        assert_eq!(counters.ack_frames, 40.0);
         assert_eq!(counters.publishes, 3.0);
         assert_eq!(counters.statements(), 100.0 * 6.0 + 90.0);
         assert_eq!((counters.batches, counters.batch_jobs), (150.0, 4000.0));

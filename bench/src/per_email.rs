@@ -25,7 +25,7 @@ pub fn print(report: &Report) {
     );
     println!(
         "{:<12} {:>6} {:>9} {:>8} {:>6} {:>6} {:>5} {:>5} {:>5} {:>7} {:>7} {:>6} {:>9} {:>6} \
-         {:>5} {:>5}  CPU ms: {:>9} {:>6} {:>6}",
+         {:>5} {:>5} {:>5}  CPU ms: {:>9} {:>6} {:>6}",
         "run",
         "emails",
         "WAL B",
@@ -41,6 +41,7 @@ pub fn print(report: &Report) {
         "jobs/batch",
         "deliv",
         "acks",
+        "ackfr",
         "pub",
         "resetmail",
         "PG",
@@ -55,7 +56,7 @@ pub fn print(report: &Report) {
         let (pg, w, e) = (f.pg.per(f.emails), &f.worker, f.emails.max(1.0));
         println!(
             "{name:<12} {:>6.0} {:>9.0} {:>8.2} {:>6.3} {:>6.3} {:>5.2} {:>5.2} {:>5.2} {:>7.3} \
-             {:>7.3} {:>6.3} {:>9.1} {:>6.3} {:>5.3} {:>5.3}          {:>9.3} {:>6.3} {:>6.3}",
+             {:>7.3} {:>6.3} {:>9.1} {:>6.3} {:>5.3} {:>5.3} {:>5.3}    {:>9.3} {:>6.3} {:>6.3}",
             f.emails,
             pg.wal_bytes,
             pg.wal_records,
@@ -70,6 +71,7 @@ pub fn print(report: &Report) {
             w.batch_jobs / w.batches.max(1.0),
             w.deliveries / e,
             w.acks / e,
+            w.ack_frames / e,
             w.publishes / e,
             cpu.resetmail,
             cpu.postgres,
@@ -180,6 +182,7 @@ fn run_json(f: &RunFootprint, run: &WorkerRun) -> Value {
         "jobs_per_batch": round(w.batch_jobs / w.batches.max(1.0)),
         "broker_deliveries": round3(w.deliveries / e),
         "broker_acks": round3(w.acks / e),
+        "broker_ack_frames": round3(w.ack_frames / e),
         "broker_worker_publishes": round3(w.publishes / e),
         "cpu_ms": {
             "resetmail": round3(run.cpu.resetmail),

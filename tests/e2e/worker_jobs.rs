@@ -631,6 +631,76 @@ async fn a_claim_that_outlasts_its_job_s_patience_gives_its_lease_back() {
     worker.stop().await;
 }
 
+/// The acks of jobs that finish together go as one frame, `multiple`, which acks every delivery of
+/// the channel up to its tag: a job taken before them and still running must stay out of it. Had
+/// it been acked with them, the broker would refuse its later requeue (an unknown delivery tag,
+/// closing the channel) and the job would be lost, never sent.
+#[tokio::test]
+async fn the_acks_of_later_jobs_never_cover_a_job_still_running() {
+    let Setup {
+        db,
+        broker,
+        sink,
+        worker,
+    } = setup_parallel().await;
+    let others: Vec<String> = (0..6).map(|i| format!("later{i}@example.com")).collect();
+    for address in others
+        .iter()
+        .map(String::as_str)
+        .chain(["first@example.com"])
+    {
+        db.add_user(address, None, None, UserStatus::Active).await;
+    }
+    // The first job's claim waits on its account's row, past its patience: it is requeued, and
+    // sent on its next delivery once the row is free.
+    let holder = hold_account_row(&db, "first@example.com").await;
+    let first = job_for("first@example.com");
+    publish(&broker, &first).await;
+    eventually(
+        "the first job's claim to wait for the account's row",
+        PATIENCE,
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    let jobs: Vec<_> = others.iter().map(|address| job_for(address)).collect();
+    for job in &jobs {
+        publish(&broker, job).await;
+    }
+    for job in &jobs {
+        assert_eq!(decided(&db, job.job_id).await.outcome, Outcome::Sent);
+    }
+    let metrics = format!("http://{}/metrics", worker.addr);
+    eventually(
+        "the first job to give up on its claim",
+        PATIENCE,
+        || async {
+            let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+            text.contains(r#"resetmail_worker_jobs_total{outcome="paused"} 1"#)
+                .then_some(())
+        },
+    )
+    .await;
+
+    holder.rollback().await.unwrap();
+    assert_eq!(decided(&db, first.job_id).await.outcome, Outcome::Sent);
+    assert_eq!(sink.received().len(), jobs.len() + 1);
+    worker.stop().await;
+    assert_eq!(
+        broker.count(&broker.topology.work_queue()).await,
+        0,
+        "every job acked once the worker stopped"
+    );
+}
+
 #[tokio::test]
 async fn an_account_gets_at_most_its_daily_maximum() {
     let Setup {

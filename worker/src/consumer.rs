@@ -22,6 +22,7 @@ use tracing::Instrument as _;
 
 use crate::{
     Worker,
+    acks::Acks,
     outcome::{DeadClass, Failure, JobOutcome},
     settle::{Attempt, CopyFate, requeue, settle},
 };
@@ -39,6 +40,8 @@ struct Session {
     worker: Arc<Worker>,
     topology: Topology,
     publisher: Channel,
+    /// The acks of the consuming channel.
+    acks: Acks,
     /// Raised by a task whose job met a failure that every job would meet.
     pause: Arc<Notify>,
     /// Copies refused in a row on `publisher` (the api's rule for its publishes, the same limit).
@@ -64,6 +67,7 @@ pub async fn consume(worker: Arc<Worker>, shutdown: CancellationToken) {
                     worker: worker.clone(),
                     topology: topology.clone(),
                     publisher,
+                    acks: Acks::new(channel.clone()),
                     pause: Arc::new(Notify::new()),
                     refused: Unconfirmed::default(),
                     reopen: Notify::new(),
@@ -219,6 +223,7 @@ async fn take_deliveries(
             () = session.reopen.notified() => return Stop::Reopen,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
+                    session.acks.taken(delivery.delivery_tag);
                     tracker.spawn(process(session.clone(), delivery));
                 }
                 Some(Err(error)) => {
@@ -300,6 +305,7 @@ async fn process(session: Arc<Session>, delivery: Delivery) {
         let copy = settle(
             &session.topology,
             &session.publisher,
+            &session.acks,
             &delivery,
             &attempt,
             &outcome,

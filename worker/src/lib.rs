@@ -1,5 +1,6 @@
 //! resetmail-worker: consumes reset jobs, issues one-time tokens and sends the reset emails.
 
+pub mod acks;
 pub mod cloudreve_mail;
 pub mod commands;
 pub mod config;

@@ -88,6 +88,11 @@ pub fn register(retry_steps: usize) {
         let _registered = metrics::histogram!("resetmail_worker_db_wait_seconds", "kind" => kind);
     }
     let _registered = metrics::histogram!("resetmail_worker_job_seconds");
+    metrics::describe_counter!(
+        "resetmail_worker_ack_frames_total",
+        "basic.ack frames sent; one may ack many deliveries (multiple)"
+    );
+    metrics::counter!("resetmail_worker_ack_frames_total").increment(0);
     metrics::gauge!("resetmail_worker_jobs_in_flight").increment(0.0);
     metrics::gauge!("resetmail_worker_consuming").increment(0.0);
 }

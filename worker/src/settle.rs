@@ -6,7 +6,7 @@
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
+    options::{BasicNackOptions, BasicRejectOptions},
     types::{AMQPValue, LongString, ShortString},
 };
 use resetmail_shared::{
@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::outcome::{DeadClass, Failure, JobOutcome};
+use crate::{
+    acks::Acks,
+    outcome::{DeadClass, Failure, JobOutcome},
+};
 
 /// Longest wait for the broker to take an ack, a nack or a confirmed copy.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -68,11 +71,12 @@ impl CopyFate {
     }
 }
 
-/// Carries out `outcome` for `delivery`, publishing copies on the confirm-mode `publisher` channel;
-/// says whether the broker took the copy it published.
+/// Carries out `outcome` for `delivery`, publishing copies on the confirm-mode `publisher` channel
+/// and acking through `acks`; says whether the broker took the copy it published.
 pub async fn settle(
     topology: &Topology,
     publisher: &Channel,
+    acks: &Acks,
     delivery: &Delivery,
     attempt: &Attempt,
     outcome: &JobOutcome,
@@ -85,19 +89,19 @@ pub async fn settle(
         match outcome {
             JobOutcome::Sent { message_id } => {
                 tracing::info!(outcome = "sent", message_id = %message_id, attempt = attempt.number, "reset email sent");
-                ack(delivery).await
+                ack(acks, delivery).await
             }
             JobOutcome::Notified { message_id } => {
                 tracing::info!(outcome = "notified", message_id = %message_id, attempt = attempt.number, "the address has no account; notice sent");
-                ack(delivery).await
+                ack(acks, delivery).await
             }
             JobOutcome::Skipped(decided) => {
                 tracing::info!(outcome = %decided, "reset job decided; no email sent");
-                ack(delivery).await
+                ack(acks, delivery).await
             }
             JobOutcome::Duplicate(decided) => {
                 tracing::info!(outcome = %decided, "job already handled; acknowledged without a second email");
-                ack(delivery).await
+                ack(acks, delivery).await
             }
             JobOutcome::Retry(error) => {
                 let step = attempt.number.saturating_sub(1) as usize;
@@ -108,19 +112,18 @@ pub async fn settle(
                         let published = publish(publisher, "", &queue, delivery, copy).await;
                         fate.store(CopyFate::of(&published) as u8, Ordering::Relaxed);
                         match published {
-                            Ok(()) => ack(delivery).await,
+                            Ok(()) => ack(acks, delivery).await,
                             Err(publish_error) => {
                                 tracing::warn!(error = %publish_error, "cannot queue the retry; the job goes back to the work queue");
                                 tokio::time::sleep(requeue_delay).await;
-                                requeue(delivery).await
+                                give_back(acks, delivery).await
                             }
                         }
                     }
                     // Only reachable when the delays changed between attempts: treat as exhausted.
                     None => {
                         dead_letter(
-                            topology,
-                            publisher,
+                            (topology, publisher, acks),
                             delivery,
                             attempt,
                             DeadClass::Exhausted,
@@ -132,15 +135,23 @@ pub async fn settle(
                 }
             }
             JobOutcome::Dead(class, error) => {
-                dead_letter(topology, publisher, delivery, attempt, *class, error, &fate).await
+                dead_letter(
+                    (topology, publisher, acks),
+                    delivery,
+                    attempt,
+                    *class,
+                    error,
+                    &fate,
+                )
+                .await
             }
             JobOutcome::Pause(error) => {
                 tracing::error!(outcome = "paused", %error, "the job cannot be handled now; it goes back to the queue");
-                requeue(delivery).await
+                give_back(acks, delivery).await
             }
             JobOutcome::Requeue(reason) => {
                 tracing::warn!(outcome = "requeued", %reason, "the job goes back to the queue");
-                requeue(delivery).await
+                give_back(acks, delivery).await
             }
         }
     };
@@ -168,9 +179,9 @@ pub async fn settle(
     }
 }
 
+/// Publishes the dead letter (the work queue's topology, on `publisher`), then acks the delivery.
 async fn dead_letter(
-    topology: &Topology,
-    publisher: &Channel,
+    (topology, publisher, acks): (&Topology, &Channel, &Acks),
     delivery: &Delivery,
     attempt: &Attempt,
     class: DeadClass,
@@ -194,21 +205,30 @@ async fn dead_letter(
     .await;
     fate.store(CopyFate::of(&published) as u8, Ordering::Relaxed);
     match published {
-        Ok(()) => ack(delivery).await,
+        Ok(()) => ack(acks, delivery).await,
         Err(publish_error) => {
             // The work queue dead-letters what it rejects, so the job still reaches the dead letters,
             // with the broker's x-death headers instead of ours.
             tracing::warn!(error = %publish_error, "cannot publish the dead letter; rejecting it to the dead-letter exchange instead");
-            delivery
+            let rejected = delivery
                 .acker
                 .reject(BasicRejectOptions { requeue: false })
-                .await
+                .await;
+            acks.settled(delivery.delivery_tag);
+            rejected
         }
     }
 }
 
-async fn ack(delivery: &Delivery) -> lapin::Result<bool> {
-    delivery.acker.ack(BasicAckOptions::default()).await
+async fn ack(acks: &Acks, delivery: &Delivery) -> lapin::Result<bool> {
+    acks.ack(delivery.delivery_tag).await
+}
+
+/// [`requeue`] for a delivery a job took: once the frame is sent, acks may cover its tag.
+async fn give_back(acks: &Acks, delivery: &Delivery) -> lapin::Result<bool> {
+    let requeued = requeue(delivery).await;
+    acks.settled(delivery.delivery_tag);
+    requeued
 }
 
 /// Gives the delivery back to the queue, for any consumer to take (`basic.nack` with requeue).
