@@ -43,6 +43,7 @@ async fn messages_on_a_kept_alive_connection_do_not_wait_for_delayed_acks() -> a
     let median = took[took.len() / 2];
     assert_eq!(sink.received().len(), 21);
     assert_eq!(sink.connections(), 1, "the connection was not kept alive");
+    assert_eq!(sink.noops(), 0, "a kept connection was checked with NOOP");
     assert!(
         median < Duration::from_millis(20),
         "a message takes {median:?} (median): the send waits for delayed ACKs (Nagle is on)"
@@ -75,6 +76,31 @@ async fn a_connection_the_server_closed_while_idle_is_replaced_without_losing_th
         2,
         "the closed connection was not replaced"
     );
+    Ok(())
+}
+
+/// A relay that takes a few messages per connection answers the next MAIL FROM with 421 and
+/// hangs up; nothing of the message was sent, so it goes at once on a fresh connection.
+#[tokio::test]
+async fn a_relay_s_limit_of_messages_per_connection_costs_no_message() -> anyhow::Result<()> {
+    let sink = SmtpSink::start().await;
+    sink.limit_messages_per_connection(2);
+    let mailer = mailer(&sink, 1)?;
+    for n in 0..5 {
+        mailer.send(message(n)?).await?;
+    }
+    let received: Vec<_> = sink
+        .received()
+        .iter()
+        .map(|mail| mail.rcpt_to.clone())
+        .collect();
+    assert_eq!(
+        received,
+        (0..5)
+            .map(|n| vec![format!("user{n}@example.com")])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(sink.connections(), 3);
     Ok(())
 }
 

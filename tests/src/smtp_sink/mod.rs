@@ -112,6 +112,11 @@ struct Shared {
     /// Bumped by [`SmtpSink::reset`]: a message completed before it and answered after is not
     /// recorded.
     epoch: AtomicU64,
+    /// `NOOP` commands answered.
+    noops: AtomicU32,
+    /// Messages one connection may carry (0: no limit); the next `MAIL` gets `421` and the
+    /// connection closes, as relays with a per-connection limit do.
+    per_connection: AtomicU32,
 }
 
 /// Whether completed messages are answered.
@@ -211,6 +216,8 @@ impl SmtpSink {
             waiting: AtomicU32::new(0),
             peak_waiting: AtomicU32::new(0),
             epoch: AtomicU64::new(0),
+            noops: AtomicU32::new(0),
+            per_connection: AtomicU32::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         SmtpSink {
@@ -327,6 +334,17 @@ impl SmtpSink {
     /// The number of DATA commands whose content was fully received, whatever the answer (accepted or failed).
     pub fn attempts(&self) -> u32 {
         self.shared.attempts.load(Ordering::SeqCst)
+    }
+
+    /// The number of `NOOP` commands answered.
+    pub fn noops(&self) -> u32 {
+        self.shared.noops.load(Ordering::SeqCst)
+    }
+
+    /// From now on, a connection carries at most `messages` messages: its next `MAIL` is
+    /// answered `421` and it is closed (Exchange and hosted relays limit messages per connection).
+    pub fn limit_messages_per_connection(&self, messages: u32) {
+        self.shared.per_connection.store(messages, Ordering::SeqCst);
     }
 
     /// The number of TCP connections accepted (since the last [`SmtpSink::reset`]), including

@@ -59,6 +59,8 @@ struct Session<'a> {
     authenticated: bool,
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
+    /// Messages this connection carried (answered `250`).
+    carried: u32,
 }
 
 impl<'a> Session<'a> {
@@ -72,6 +74,7 @@ impl<'a> Session<'a> {
             authenticated: false,
             mail_from: None,
             rcpt_to: Vec::new(),
+            carried: 0,
         }
     }
 
@@ -137,14 +140,25 @@ impl<'a> Session<'a> {
                     .await?;
             }
             "AUTH" => self.auth(argument).await?,
-            "MAIL" => self.mail(argument).await?,
+            "MAIL" => {
+                let limit = self.shared.per_connection.load(Ordering::SeqCst);
+                if limit > 0 && self.carried >= limit {
+                    self.reply("421 4.7.0 Too many messages on this connection")
+                        .await?;
+                    return Ok(Next::Close);
+                }
+                self.mail(argument).await?;
+            }
             "RCPT" => self.rcpt(argument).await?,
             "DATA" => return self.data().await,
             "RSET" => {
                 self.reset();
                 self.reply("250 2.0.0 OK").await?;
             }
-            "NOOP" => self.reply("250 2.0.0 OK").await?,
+            "NOOP" => {
+                self.shared.noops.fetch_add(1, Ordering::SeqCst);
+                self.reply("250 2.0.0 OK").await?;
+            }
             "VRFY" => {
                 self.reply(
                     "252 2.1.5 Cannot VRFY user, but will accept message and attempt delivery",
@@ -324,6 +338,7 @@ impl<'a> Session<'a> {
             }
             current
         });
+        self.carried += 1;
         self.reply(&format!("250 2.0.0 OK queued as {queued}"))
             .await?;
         Ok(Next::Continue)

@@ -4,8 +4,11 @@
 //! `\r\n.\r\n` apart from its body, so every message waits for the server's delayed ACK (40 ms on
 //! Linux) before the server even sees the end of it. Here lettre still speaks the protocol
 //! (`AsyncSmtpConnection`: greeting, EHLO, STARTTLS, AUTH, MAIL/RCPT/DATA), but over a socket
-//! configured by us. The pool keeps lettre's pool's behaviour: a connection is checked with NOOP
-//! before it is reused, a broken one is never parked, idle ones are closed after a while.
+//! configured by us. A broken connection is never parked and idle ones are closed after a while,
+//! as in lettre's pool; unlike it, a kept connection is not checked with NOOP before each message
+//! (a round trip per email on both sides): its MAIL FROM is the check. A kept connection whose
+//! MAIL FROM fails (the server closed it while it was idle, or after its limit of messages per
+//! connection) carried nothing yet, so the message goes at once on a fresh connection.
 
 use std::{
     borrow::Cow,
@@ -20,9 +23,11 @@ use std::{
 use lettre::{
     address::Envelope,
     transport::smtp::{
+        self,
         authentication::{Credentials, Mechanism},
         client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters},
-        extension::ClientId,
+        commands::{Data, Mail, Rcpt},
+        extension::{ClientId, Extension, MailBodyParameter, MailParameter},
     },
 };
 use tokio::{
@@ -345,32 +350,34 @@ impl Pool {
     /// Sends `message` for `envelope` on a pooled connection (a new one if none is idle). The
     /// connection goes back to the pool only after a successful send.
     pub async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<(), MailError> {
-        let mut connection = self.checkout().await?;
-        match connection.send(envelope, message).await {
-            Ok(_response) => {
+        let parked = lock(&self.inner.idle).pop();
+        let (mut connection, kept) = match parked {
+            Some(parked) if parked.since.elapsed() <= IDLE_TIMEOUT => (parked.connection, true),
+            // Too old to trust: dropped without QUIT, like a broken one.
+            _ => (self.inner.settings.connect().await?, false),
+        };
+        let mut sent = transmit(&mut connection, envelope, message).await;
+        if let (true, Err(Failed::Mail(error))) = (kept, &sent)
+            && !error.is_permanent()
+        {
+            tracing::debug!(%error, "a kept SMTP connection failed its MAIL FROM; sending on a fresh one");
+            connection = self.inner.settings.connect().await?;
+            sent = transmit(&mut connection, envelope, message).await;
+        }
+        match sent {
+            Ok(()) => {
                 self.park(connection).await;
                 Ok(())
             }
-            // lettre has already sent QUIT and closed a connection whose command failed.
-            Err(error) => Err(classify(Fault::Smtp(&error))),
-        }
-    }
-
-    async fn checkout(&self) -> Result<AsyncSmtpConnection, MailError> {
-        loop {
-            let parked = lock(&self.inner.idle).pop();
-            // A stale or broken connection is dropped without QUIT: a server that stopped
-            // answering must not hold up the job that found it.
-            match parked {
-                None => return self.inner.settings.connect().await,
-                Some(parked) if parked.since.elapsed() > IDLE_TIMEOUT => {}
-                Some(mut parked) => {
-                    if parked.connection.test_connected().await {
-                        return Ok(parked.connection);
-                    }
-                    tracing::debug!("dropping an SMTP connection that failed its NOOP check");
+            Err(Failed::Mail(error) | Failed::Later(error)) => {
+                // A reply leaves the connection speaking: QUIT it, as lettre does. A broken one
+                // (or one that went silent) is dropped.
+                if error.is_response() {
+                    let _ = tokio::time::timeout(QUIT_TIMEOUT, connection.abort()).await;
                 }
+                Err(classify(Fault::Smtp(&error)))
             }
+            Err(Failed::Unsupported(fault)) => Err(classify(fault)),
         }
     }
 
@@ -391,6 +398,63 @@ impl Pool {
         // A surplus connection says QUIT rather than just vanish.
         let _ = tokio::time::timeout(QUIT_TIMEOUT, connection.abort()).await;
     }
+}
+
+/// How one message's transaction failed.
+enum Failed {
+    /// At MAIL FROM, the first command: nothing of the message has been sent.
+    Mail(smtp::Error),
+    /// At RCPT, DATA or the message itself.
+    Later(smtp::Error),
+    /// The message needs an extension the server does not offer.
+    Unsupported(Fault<'static>),
+}
+
+/// One message's transaction, as lettre's `AsyncSmtpConnection::send` has it (the SMTPUTF8 and
+/// 8BITMIME parameters where the envelope or the message needs them), but saying at which command
+/// it failed.
+async fn transmit(
+    connection: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<(), Failed> {
+    let mut parameters = Vec::new();
+    let non_ascii_address = envelope
+        .to()
+        .iter()
+        .chain(envelope.from())
+        .any(|address| !AsRef::<str>::as_ref(address).is_ascii());
+    if non_ascii_address {
+        if !connection
+            .server_info()
+            .supports_feature(Extension::SmtpUtfEight)
+        {
+            return Err(Failed::Unsupported(Fault::NoSmtpUtf8));
+        }
+        parameters.push(MailParameter::SmtpUtfEight);
+    }
+    if !message.is_ascii() {
+        if !connection
+            .server_info()
+            .supports_feature(Extension::EightBitMime)
+        {
+            return Err(Failed::Unsupported(Fault::No8BitMime));
+        }
+        parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    connection
+        .command(Mail::new(envelope.from().cloned(), parameters))
+        .await
+        .map_err(Failed::Mail)?;
+    for recipient in envelope.to() {
+        connection
+            .command(Rcpt::new(recipient.clone(), Vec::new()))
+            .await
+            .map_err(Failed::Later)?;
+    }
+    connection.command(Data).await.map_err(Failed::Later)?;
+    connection.message(message).await.map_err(Failed::Later)?;
+    Ok(())
 }
 
 fn lock(idle: &Mutex<Vec<Parked>>) -> std::sync::MutexGuard<'_, Vec<Parked>> {
