@@ -23,10 +23,15 @@ use tokio::{
 };
 
 /// The longest an ack waits for the deliveries below it to ask for theirs, so that one frame acks
-/// them all. Jobs in flight together finish within milliseconds of each other, in another order
-/// than they arrived; a delivery still unacked holds a place of the consumer's prefetch, which at
-/// thousands of jobs a second this holds back a few dozen of, out of the concurrency.
-pub const HOLD: Duration = Duration::from_millis(10);
+/// them all. Jobs in flight together finish in another order than they arrived (the lanes' batches
+/// end in any order), and an ack of its own costs the broker more the more deliveries are unacked
+/// before it (RabbitMQ looks for its tag from the oldest one on). A delivery still unacked holds a
+/// place of the consumer's prefetch: at most [`HELD_SHARE`] of the deliveries taken wait so.
+pub const HOLD: Duration = Duration::from_millis(50);
+
+/// The most asks that wait for a delivery below them, as a share of the deliveries taken and not
+/// settled (one in four): past it, they go at once, each in a frame of its own.
+const HELD_SHARE: usize = 4;
 
 /// What an ack's job learns: whether the broker's channel took it.
 type Answer = oneshot::Sender<lapin::Result<()>>;
@@ -137,6 +142,7 @@ impl State {
         let mut prefix_end = None;
         let mut blocked = false;
         let mut due = Vec::new();
+        let mut waiting = Vec::new();
         for (tag, asked) in &self.open {
             match asked {
                 None => blocked = true,
@@ -145,11 +151,13 @@ impl State {
                     due.push(*tag);
                 }
                 Some((_, at)) if *at + HOLD <= now => due.push(*tag),
-                Some((_, at)) => {
-                    let at = *at + HOLD;
-                    flush.next_due = Some(flush.next_due.map_or(at, |next| next.min(at)));
-                }
+                Some((_, at)) => waiting.push((*tag, *at + HOLD)),
             }
+        }
+        if waiting.len() * HELD_SHARE > self.open.len() {
+            due.extend(waiting.iter().map(|(tag, _)| *tag));
+        } else {
+            flush.next_due = waiting.iter().map(|(_, at)| *at).min();
         }
         let mut prefix = Vec::new();
         for tag in due {
@@ -276,22 +284,64 @@ mod tests {
     #[test]
     fn once_the_delivery_below_asks_one_frame_acks_it_and_those_waiting_above() {
         let now = Instant::now();
-        let (mut state, mut answers) = state(&[(3, None), (4, Some(now)), (5, Some(now))]);
+        // Six more running above, so that the two waiting stay within their share.
+        let (mut state, mut answers) = state(&[
+            (3, None),
+            (4, Some(now)),
+            (5, Some(now)),
+            (6, None),
+            (7, None),
+            (8, None),
+            (9, None),
+            (10, None),
+            (11, None),
+        ]);
         assert_eq!(shape(&state.take_due(now)), (None, vec![]));
         let (answer, answered) = oneshot::channel();
         answers.push(answered);
         state.open.insert(3, Some((answer, now)));
         assert_eq!(shape(&state.take_due(now)), (Some((5, 3)), vec![]));
-        assert!(state.open.is_empty());
+        assert_eq!(open_tags(&state), vec![6, 7, 8, 9, 10, 11]);
     }
 
     #[test]
     fn a_delivery_settled_otherwise_no_longer_holds_up_the_acks_above_it() {
         let now = Instant::now();
-        let (mut state, _answers) = state(&[(3, None), (4, Some(now))]);
+        let (mut state, _answers) = state(&[(3, None), (4, Some(now)), (5, None), (6, None)]);
         assert_eq!(shape(&state.take_due(now)), (None, vec![]));
         state.open.remove(&3);
         assert_eq!(shape(&state.take_due(now)), (Some((4, 1)), vec![]));
+    }
+
+    #[test]
+    fn too_many_asks_waiting_for_one_delivery_go_at_once() {
+        let now = Instant::now();
+        // One delivery running, four waiting above it: more than a quarter of the five.
+        let (mut state, _answers) = state(&[
+            (1, None),
+            (2, Some(now)),
+            (3, Some(now)),
+            (4, Some(now)),
+            (5, Some(now)),
+        ]);
+        let flush = state.take_due(now);
+        assert_eq!(shape(&flush), (None, vec![2, 3, 4, 5]));
+        assert_eq!(flush.next_due, None);
+
+        // One waiting among eight taken is within the share: it waits.
+        let (mut fewer, _answers) = self::state(&[
+            (1, None),
+            (2, None),
+            (3, None),
+            (4, None),
+            (5, None),
+            (6, None),
+            (7, None),
+            (8, Some(now)),
+        ]);
+        let flush = fewer.take_due(now);
+        assert_eq!(shape(&flush), (None, vec![]));
+        assert_eq!(flush.next_due, Some(now + HOLD));
     }
 
     #[test]
