@@ -370,14 +370,18 @@ impl Pool {
                 Ok(())
             }
             Err(Failed::Mail(error) | Failed::Later(error)) => {
-                // A reply leaves the connection speaking: QUIT it, as lettre does. A broken one
-                // (or one that went silent) is dropped.
-                if error.is_response() {
+                // A refusal (a reply with its code) leaves the connection speaking: QUIT it, as
+                // lettre does. A broken one, or one that answered nonsense, is dropped.
+                if error.status().is_some() {
                     let _ = tokio::time::timeout(QUIT_TIMEOUT, connection.abort()).await;
                 }
                 Err(classify(Fault::Smtp(&error)))
             }
-            Err(Failed::Unsupported(fault)) => Err(classify(fault)),
+            // Nothing was sent on it: the connection serves the next message.
+            Err(Failed::Unsupported(fault)) => {
+                self.park(connection).await;
+                Err(classify(fault))
+            }
         }
     }
 
