@@ -3,7 +3,7 @@
 
 use resetmail_shared::topology::headers;
 use resetmail_shared::{
-    Job,
+    Job, PasswordResetJob,
     db::{deliveries::Outcome, users::UserStatus},
 };
 use resetmail_testkit::{
@@ -546,6 +546,52 @@ async fn hold_account_row(db: &TestDb, email: &str) -> sqlx::Transaction<'static
     holder
 }
 
+/// Jobs sent past one whose claim waits on its account's row: adds the accounts `others` and
+/// `held`; holds `held`'s row (another session's long transaction, say: the claim of its job waits
+/// for it, and the batch that claim is in with it); publishes its job and waits until the claim
+/// waits on the row; then publishes a job for each of `others` and waits until each is sent.
+/// Answers the holder, the held account's job and the others'.
+async fn jobs_past_a_held_account(
+    db: &TestDb,
+    broker: &TestBroker,
+    held: &str,
+    others: &[String],
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    PasswordResetJob,
+    Vec<PasswordResetJob>,
+) {
+    for address in others.iter().map(String::as_str).chain([held]) {
+        db.add_user(address, None, None, UserStatus::Active).await;
+    }
+    let holder = hold_account_row(db, held).await;
+    let held_job = job_for(held);
+    publish(broker, &held_job).await;
+    eventually(
+        "the held account's claim to wait for its row",
+        PATIENCE,
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    let jobs: Vec<_> = others.iter().map(|address| job_for(address)).collect();
+    for job in &jobs {
+        publish(broker, job).await;
+    }
+    for job in &jobs {
+        assert_eq!(decided(db, job.job_id).await.outcome, Outcome::Sent);
+    }
+    (holder, held_job, jobs)
+}
+
 #[tokio::test]
 async fn a_claim_waiting_on_a_locked_account_holds_up_no_other_job() {
     let Setup {
@@ -555,41 +601,8 @@ async fn a_claim_waiting_on_a_locked_account_holds_up_no_other_job() {
         worker,
     } = setup_parallel().await;
     let others: Vec<String> = (0..5).map(|i| format!("user{i}@example.com")).collect();
-    for address in others
-        .iter()
-        .map(String::as_str)
-        .chain(["stuck@example.com"])
-    {
-        db.add_user(address, None, None, UserStatus::Active).await;
-    }
-    // Another session holds the account's row (an operator's long transaction, say): the claim of
-    // its job waits for it, and the batch that claim is in with it.
-    let holder = hold_account_row(&db, "stuck@example.com").await;
-    let stuck = job_for("stuck@example.com");
-    publish(&broker, &stuck).await;
-    eventually(
-        "the claim to wait for the account's row",
-        PATIENCE,
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-            (waiting > 0).then_some(())
-        },
-    )
-    .await;
-
-    let jobs: Vec<_> = others.iter().map(|address| job_for(address)).collect();
-    for job in &jobs {
-        publish(&broker, job).await;
-    }
-    for job in &jobs {
-        assert_eq!(decided(&db, job.job_id).await.outcome, Outcome::Sent);
-    }
+    let (holder, stuck, jobs) =
+        jobs_past_a_held_account(&db, &broker, "stuck@example.com", &others).await;
     assert_eq!(sink.received().len(), jobs.len(), "the row is still held");
 
     holder.rollback().await.unwrap();
@@ -644,40 +657,10 @@ async fn the_acks_of_later_jobs_never_cover_a_job_still_running() {
         worker,
     } = setup_parallel().await;
     let others: Vec<String> = (0..6).map(|i| format!("later{i}@example.com")).collect();
-    for address in others
-        .iter()
-        .map(String::as_str)
-        .chain(["first@example.com"])
-    {
-        db.add_user(address, None, None, UserStatus::Active).await;
-    }
     // The first job's claim waits on its account's row, past its patience: it is requeued, and
     // sent on its next delivery once the row is free.
-    let holder = hold_account_row(&db, "first@example.com").await;
-    let first = job_for("first@example.com");
-    publish(&broker, &first).await;
-    eventually(
-        "the first job's claim to wait for the account's row",
-        PATIENCE,
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-            (waiting > 0).then_some(())
-        },
-    )
-    .await;
-    let jobs: Vec<_> = others.iter().map(|address| job_for(address)).collect();
-    for job in &jobs {
-        publish(&broker, job).await;
-    }
-    for job in &jobs {
-        assert_eq!(decided(&db, job.job_id).await.outcome, Outcome::Sent);
-    }
+    let (holder, first, jobs) =
+        jobs_past_a_held_account(&db, &broker, "first@example.com", &others).await;
     let metrics = format!("http://{}/metrics", worker.addr);
     eventually(
         "the first job to give up on its claim",
