@@ -7,8 +7,9 @@
 //! sent up to the first delivery taken from the consumer that has not asked for its ack: one still
 //! running, or one on its way back to the queue (a `nack` or a `reject`, sent on its own, after
 //! which [`Acks::settled`] lets the acks past it). Jobs that asked above such a delivery wait for
-//! it at most [`HOLD`], and then get an ack of their own: a job that runs long (a slow relay, a
-//! claim waiting on a locked account) delays the acks of the others by no more than that.
+//! it at most [`HOLD`] (and no more than a quarter of the deliveries taken wait so), and then get an
+//! ack of their own: a job that runs long (a slow relay, a claim waiting on a locked account)
+//! delays the acks of the others by no more than that.
 
 use std::{
     collections::BTreeMap,
@@ -136,7 +137,7 @@ impl Inner {
 impl State {
     /// Takes out of `open` the asks that can go now, as the frames that ack them: every ask up
     /// to the first delivery that has not asked, and those above it asked at least [`HOLD`]
-    /// before `now`.
+    /// before `now` (all of them, when more than their [`HELD_SHARE`] wait).
     fn take_due(&mut self, now: Instant) -> Flush {
         let mut flush = Flush::default();
         let mut prefix_end = None;
