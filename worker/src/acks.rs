@@ -28,7 +28,7 @@ use tokio::{
 /// end in any order), and an ack of its own costs the broker more the more deliveries are unacked
 /// before it (RabbitMQ looks for its tag from the oldest one on). A delivery still unacked holds a
 /// place of the consumer's prefetch: at most [`HELD_SHARE`] of the deliveries taken wait so.
-pub const HOLD: Duration = Duration::from_millis(50);
+const HOLD: Duration = Duration::from_millis(50);
 
 /// The most asks that wait for a delivery below them, as a share of the deliveries taken and not
 /// settled (one in four): past it, they go at once, each in a frame of its own.

@@ -538,10 +538,11 @@ pub struct UnsentEmail {
 /// a sent notice becomes `unknown_account` with its `sent_at`; an unsent email becomes pending again
 /// with its error, or `failed`. Either way its reservation and lease end.
 ///
-/// Each step that reads a table also names the batch's keys with `= ANY(…)`, which PostgreSQL
-/// reaches through the index whatever its statistics say: joined with the batch's rows alone, a
-/// table whose last `ANALYZE` saw no pending row was scanned whole, for every job of the batch
-/// (an O(jobs in flight × batch) nested loop), and the sent rows hashed whole for every batch.
+/// Each step that reads `deliveries` also names the batch's keys with `= ANY(…)`, whose rows
+/// PostgreSQL counts right and can reach by the primary key: joined with the batch's rows alone,
+/// when the last `ANALYZE` had seen no pending row, it compared every pending row with every job
+/// of the batch (O(jobs in flight × batch)) and hashed every sent row, for each batch. On a small
+/// table it may still read the table through, keeping only the batch's rows.
 pub async fn record(
     connection: &mut PgConnection,
     token_ttl: Duration,
